@@ -1,0 +1,55 @@
+namespace Pyper
+
+open System.Threading
+open System.Collections.Generic
+
+/// How a stage's workers run.
+type Executor =
+    /// Each worker is a dedicated thread: for blocking functions.
+    | Thread = 0
+    /// Each worker is an async loop on the thread pool: for Task, ValueTask and Async functions.
+    | Async = 1
+
+/// What a stage is, as built: its name, kind, executor and options.
+[<Sealed>]
+type StageInfo =
+    /// The name given with `name`, or the kind and position (e.g. "map #2") when none was given.
+    member Name: string
+    /// The stage kind: map, branch, join or batch.
+    member Kind: string
+    /// How the stage's workers run.
+    member Executor: Executor
+    /// The number of workers.
+    member Workers: int
+    /// The output queue's capacity in items (0 = unbounded).
+    member Capacity: int
+    /// Whether results leave in input order.
+    member Ordered: bool
+
+/// An immutable, reusable pipeline from items of type 'a to items of type 'b.
+/// Build one with the `Stage` constructors, compose with `>=>`, run with the `Pipeline` module.
+/// Each run is independent: running a pipeline twice starts two separate sets of workers.
+[<Sealed>]
+type Pipeline<'a, 'b> =
+    internal new: stages: StageInfo list * wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>) -> Pipeline<'a, 'b>
+    /// The stages, first to last.
+    member Stages: StageInfo list
+    member internal Wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>)
+    /// Kleisli composition over streams: every output of the left pipeline is an input of the right one.
+    static member (>=>): left: Pipeline<'a, 'b> * right: Pipeline<'b, 'c> -> Pipeline<'a, 'c>
+    /// The stages, e.g. "branch #1 >=> step2 (map, 20 workers)".
+    override ToString: unit -> string
+
+/// Internal stage builder.
+module internal StageInfo =
+    val create:
+        name: string option ->
+        kind: string ->
+        executor: Executor ->
+        workers: int ->
+        capacity: int ->
+        ordered: bool ->
+            StageInfo
+
+    /// The stage's name in a run: its own, or kind and position.
+    val runName: index: int -> StageInfo -> string

@@ -1,0 +1,171 @@
+namespace Pyper
+
+open System
+open System.Collections.Generic
+open System.Threading
+open System.Threading.Tasks
+
+/// Counters of the runtime's live workers, for leak checks in tests and diagnostics.
+module internal Live =
+    let mutable private threads = 0
+    let mutable private tasks = 0
+
+    let threadStarted () =
+        Interlocked.Increment &threads |> ignore
+
+    let threadEnded () =
+        Interlocked.Decrement &threads |> ignore
+
+    let taskStarted () = Interlocked.Increment &tasks |> ignore
+    let taskEnded () = Interlocked.Decrement &tasks |> ignore
+    /// Worker threads of all runs that have not finished yet.
+    let threadCount () = Volatile.Read &threads
+    /// Async workers of all runs that have not finished yet.
+    let taskCount () = Volatile.Read &tasks
+
+/// Keys under which a failure's exception records where it came from.
+module internal ErrorKeys =
+    [<Literal>]
+    let Stage = "Pyper.Stage"
+
+    [<Literal>]
+    let Others = "Pyper.OtherErrors"
+
+/// The state of one run: its cancellation, its first failure, its workers.
+[<Sealed>]
+type internal RunContext(userToken: CancellationToken) =
+    let cts = CancellationTokenSource.CreateLinkedTokenSource userToken
+    let sync = obj ()
+    let abortables = List<IAbortable>()
+    let starters = List<unit -> unit>()
+    let workers = List<Task>()
+    let threads = List<Thread>()
+    let mutable error: exn = null
+    let mutable stages = 0
+    let mutable registration = Unchecked.defaultof<CancellationTokenRegistration>
+
+    static let tag (e: exn) (key: string) (value: obj) =
+        try
+            e.Data[key] <- value
+        with _ ->
+            ()
+
+    /// The run's token: cancelled on failure, on the user's cancellation and on early stop.
+    member _.Token = cts.Token
+
+    /// The user's token.
+    member _.UserToken = userToken
+
+    /// The first failure, or null.
+    member _.Error = Volatile.Read &error
+
+    /// The 1-based position of the next stage wired into this run.
+    member _.NextStageIndex() =
+        stages <- stages + 1
+        stages
+
+    /// Registers a queue or turnstile to wake when the run stops.
+    member _.Register(a: IAbortable) = abortables.Add a
+
+    /// Registers what starts a stage's workers, once the whole run is wired.
+    member _.OnStart(start: unit -> unit) = starters.Add start
+
+    /// Records a failure. The first one in time stops the run; later ones are attached to it.
+    member _.Fail(stage: string, e: exn) =
+        let first =
+            lock sync (fun () ->
+                if isNull error then
+                    tag e ErrorKeys.Stage stage
+                    error <- e
+                    true
+                else
+                    if not (obj.ReferenceEquals(e, error)) then
+                        tag e ErrorKeys.Stage stage
+
+                        let others =
+                            match error.Data[ErrorKeys.Others] with
+                            | :? List<exn> as l -> l
+                            | _ ->
+                                let l = List<exn>()
+                                tag error ErrorKeys.Others l
+                                l
+
+                        others.Add e
+
+                    false)
+
+        if first then
+            cts.Cancel()
+
+    /// Stops the run: every queue and turnstile wakes its waiters, who then leave.
+    member _.Cancel() =
+        try
+            cts.Cancel()
+        with :? ObjectDisposedException ->
+            () // the run had already finished
+
+    /// True when a worker's exception is only the echo of the run stopping.
+    member _.IsStopEcho(e: exn) =
+        match e with
+        | :? RunAbortedException -> true
+        | :? OperationCanceledException -> cts.IsCancellationRequested
+        | _ -> false
+
+    /// Runs a worker on a dedicated thread; `body` never throws (see `Guard`).
+    member _.StartThread(name: string, body: unit -> unit) =
+        let done' = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+
+        let t =
+            Thread(
+                (fun () ->
+                    try
+                        body ()
+                    finally
+                        Live.threadEnded ()
+                        done'.SetResult()),
+                IsBackground = true,
+                Name = name
+            )
+
+        Live.threadStarted ()
+        threads.Add t
+        workers.Add done'.Task
+        t.Start()
+
+    /// Runs an async worker on the thread pool; `body` never throws (see `Guard`).
+    member _.StartTask(body: unit -> Task) =
+        Live.taskStarted ()
+
+        let t =
+            Task
+                .Run(body)
+                .ContinueWith(
+                    (fun (_: Task) -> Live.taskEnded ()),
+                    CancellationToken.None,
+                    TaskContinuationOptions.ExecuteSynchronously,
+                    TaskScheduler.Default
+                )
+
+        workers.Add t
+
+    /// Starts every stage of the run.
+    member _.Start() =
+        registration <-
+            cts.Token.Register(fun () ->
+                for a in abortables do
+                    a.Abort())
+
+        for s in starters do
+            s ()
+
+    /// Completes when every worker of the run has finished and its threads have exited.
+    member _.WhenFinished() : Task =
+        task {
+            do! Task.WhenAll(workers)
+
+            for t in threads do
+                t.Join()
+
+            registration.Dispose()
+            cts.Dispose()
+        }

@@ -1,0 +1,692 @@
+namespace Pyper
+
+open System
+open System.Collections.Generic
+open System.Diagnostics
+open System.Runtime.CompilerServices
+open System.Runtime.ExceptionServices
+open System.Threading
+open System.Threading.Tasks
+
+/// Adapts a stage's batch size to its function's cost: cheap functions move up to
+/// `MaxBatch` items at once, slow ones one at a time (so many workers share the work
+/// and results flow out at once). It starts at one item, knowing nothing.
+[<Sealed>]
+type internal Sizer() =
+    static let quantum = float Stopwatch.Frequency / 10_000.0 // 100 µs of work per batch
+    let mutable costPerItem = -1.0
+
+    member _.Limit =
+        let c = costPerItem
+
+        if c < 0.0 then
+            1
+        elif c * float Tuning.MaxBatch <= quantum then
+            Tuning.MaxBatch
+        else
+            max 1 (int (quantum / c))
+
+    member _.Record(items: int, start: int64) =
+        let sample = float (Stopwatch.GetTimestamp() - start) / float items
+        let c = costPerItem
+        costPerItem <- if c < 0.0 then sample else (3.0 * c + sample) / 4.0
+
+/// What one worker of a stage works with.
+[<NoEquality; NoComparison>]
+type internal WorkerEnv<'a, 'b> =
+    {
+        Ctx: RunContext
+        Input: BatchQueue<'a>
+        Output: BatchQueue<'b>
+        /// Null unless the stage is ordered with more than one worker.
+        Turnstile: Turnstile
+        Sizer: Sizer
+    }
+
+/// A stage's worker body, by executor.
+[<NoEquality; NoComparison>]
+type internal Body<'a, 'b> =
+    | OnThread of (WorkerEnv<'a, 'b> -> unit)
+    | OnPool of (WorkerEnv<'a, 'b> -> Task)
+
+module internal Buffers =
+    let inline clear<'T> (buf: 'T[]) (n: int) =
+        if RuntimeHelpers.IsReferenceOrContainsReferences<'T>() then
+            Array.Clear(buf, 0, n)
+
+/// Collects a worker's outputs and hands them on: at once when the next stage is idle,
+/// else when the buffer is full or the input batch is done; ordered stages wait their turn.
+[<Sealed>]
+type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
+    let buf = Array.zeroCreate<'b> Tuning.MaxBatch
+    let mutable k = 0
+    let mutable ticket = 0L
+    let mutable hasTurn = true
+
+    member _.Begin(t: int64) =
+        ticket <- t
+        hasTurn <- isNull turnstile
+
+    /// Adds an output; true when the caller must hand the buffer on (full, or the next stage idle).
+    member _.Add(x: 'b) =
+        buf[k] <- x
+        k <- k + 1
+
+        k = buf.Length
+        || (output.HasWaitingReader
+            && (hasTurn
+                || (hasTurn <- isNull (turnstile.WaitTurn ticket)
+                    hasTurn)))
+
+    /// Null when the buffer may be handed on now, else the turn to wait for before asking again.
+    member _.TryTurn() : Task =
+        if hasTurn then
+            null
+        else
+            let w = turnstile.WaitTurn ticket
+
+            if isNull w then
+                hasTurn <- true
+
+            w
+
+    member _.Buffer = buf
+    member _.Count = k
+
+    /// Clears the buffer after its items were written.
+    member _.Flushed() =
+        Buffers.clear buf k
+        k <- 0
+
+    member _.End() =
+        if not (isNull turnstile) then
+            turnstile.Advance()
+
+/// Reads a stage's input as one lazy stream (join stages); items leave the queue as read.
+[<Sealed>]
+type internal QueueStream<'a>(q: BatchQueue<'a>) =
+    let buf = Array.zeroCreate<'a> Tuning.MaxBatch
+    let mutable pos = 0
+    let mutable len = 0
+    let mutable current = Unchecked.defaultof<'a>
+    let mutable claimed = 0
+
+    member private _.Claim() =
+        if Interlocked.Exchange(&claimed, 1) = 1 then
+            raise (InvalidOperationException "A join stage's input stream can be enumerated only once.")
+
+    member private _.Next() =
+        current <- buf[pos]
+        buf[pos] <- Unchecked.defaultof<'a>
+        pos <- pos + 1
+        true
+
+    member private this.Fill(n: int) =
+        pos <- 0
+        len <- n
+        n > 0 && this.Next()
+
+    interface IEnumerable<'a> with
+        member this.GetEnumerator() : IEnumerator<'a> =
+            this.Claim()
+
+            { new IEnumerator<'a> with
+                member _.Current = current
+              interface Collections.IEnumerator with
+                  member _.Current = box current
+
+                  member _.MoveNext() =
+                      if pos < len then
+                          this.Next()
+                      else
+                          let struct (n, _) = Wait.take q buf Tuning.MaxBatch true
+                          this.Fill n
+
+                  member _.Reset() = raise (NotSupportedException())
+              interface IDisposable with
+                  member _.Dispose() = ()
+            }
+
+        member this.GetEnumerator() : Collections.IEnumerator =
+            (this :> IEnumerable<'a>).GetEnumerator()
+
+    interface IAsyncEnumerable<'a> with
+        member this.GetAsyncEnumerator(_ct) =
+            this.Claim()
+
+            { new IAsyncEnumerator<'a> with
+                member _.Current = current
+
+                member _.MoveNextAsync() =
+                    if pos < len then
+                        ValueTask<bool>(this.Next())
+                    else
+                        let t = Wait.takeAsync q buf Tuning.MaxBatch true
+
+                        if t.IsCompletedSuccessfully then
+                            let struct (n, _) = t.Result
+                            ValueTask<bool>(this.Fill n)
+                        else
+                            ValueTask<bool>(
+                                task {
+                                    let! struct (n, _) = t
+                                    return this.Fill n
+                                }
+                            )
+              interface IAsyncDisposable with
+                  member _.DisposeAsync() = ValueTask()
+            }
+
+/// Async stream helpers (the BCL has no awaited foreach for F#).
+module internal AsyncStream =
+    /// Awaits `action` for each item of `items`, then disposes the enumerator (also on failure).
+    let forEach (items: IAsyncEnumerable<'T>) (token: CancellationToken) (action: 'T -> Task) : Task =
+        task {
+            let e = items.GetAsyncEnumerator token
+            let mutable failure = null
+
+            try
+                let mutable more = true
+
+                while more do
+                    let! m = e.MoveNextAsync()
+                    more <- m
+
+                    if m then
+                        do! action e.Current
+            with ex ->
+                failure <- ExceptionDispatchInfo.Capture ex
+
+            do! e.DisposeAsync()
+
+            if not (isNull failure) then
+                failure.Throw()
+        }
+
+/// The worker loops: one per stage kind and executor.
+module internal Workers =
+    let private newBuf<'T> () = Array.zeroCreate<'T> Tuning.MaxBatch
+
+    let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
+        let input = newBuf<'a>()
+        let output = newBuf<'b>()
+        let mutable go = true
+
+        while go do
+            let struct (n, ticket) = Wait.take env.Input input env.Sizer.Limit false
+
+            if n = 0 then
+                go <- false
+            else
+                let start = Stopwatch.GetTimestamp()
+
+                for i in 0 .. n - 1 do
+                    output[i] <- f input[i]
+
+                env.Sizer.Record(n, start)
+                Buffers.clear input n
+
+                if not (isNull env.Turnstile) then
+                    Wait.turn env.Turnstile ticket
+
+                Wait.write env.Output output n
+
+                if not (isNull env.Turnstile) then
+                    env.Turnstile.Advance()
+
+                Buffers.clear output n
+                env.Input.Release n
+
+    let mapPool (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        task {
+            let input = newBuf<'a>()
+            let output = newBuf<'b>()
+            let token = env.Ctx.Token
+            let mutable go = true
+
+            while go do
+                let! struct (n, ticket) = Wait.takeAsync env.Input input env.Sizer.Limit false
+
+                if n = 0 then
+                    go <- false
+                else
+                    let start = Stopwatch.GetTimestamp()
+                    let mutable i = 0
+
+                    while i < n do
+                        let! r = f input[i] token
+                        output[i] <- r
+                        i <- i + 1
+
+                    env.Sizer.Record(n, start)
+                    Buffers.clear input n
+
+                    if not (isNull env.Turnstile) then
+                        do! Wait.turnAsync env.Turnstile ticket
+
+                    do! Wait.writeAsync env.Output output n
+
+                    if not (isNull env.Turnstile) then
+                        env.Turnstile.Advance()
+
+                    Buffers.clear output n
+                    env.Input.Release n
+        }
+
+    let private waitTurn (em: Emitter<'b>) =
+        let mutable w = em.TryTurn()
+
+        while not (isNull w) do
+            Wait.block w
+            w <- em.TryTurn()
+
+    let private waitTurnAsync (em: Emitter<'b>) : Task =
+        task {
+            let mutable w = em.TryTurn()
+
+            while not (isNull w) do
+                do! w
+                w <- em.TryTurn()
+        }
+
+    /// Hands on the emitter's buffer, blocking for the turn and for room.
+    let private emit (em: Emitter<'b>) (q: BatchQueue<'b>) =
+        waitTurn em
+        Wait.write q em.Buffer em.Count
+        em.Flushed()
+
+    let private emitAsync (em: Emitter<'b>) (q: BatchQueue<'b>) : Task =
+        task {
+            do! waitTurnAsync em
+            do! Wait.writeAsync q em.Buffer em.Count
+            em.Flushed()
+        }
+
+    let private pour (em: Emitter<'b>) (q: BatchQueue<'b>) (items: seq<'b>) =
+        use e = items.GetEnumerator()
+
+        while e.MoveNext() do
+            if em.Add e.Current then
+                emit em q
+
+    let private pourAsync
+        (em: Emitter<'b>)
+        (q: BatchQueue<'b>)
+        (items: IAsyncEnumerable<'b>)
+        (token: CancellationToken)
+        : Task =
+        AsyncStream.forEach items token (fun x -> if em.Add x then emitAsync em q else Task.CompletedTask)
+
+    let branchThread (f: 'a -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
+        let input = newBuf<'a>()
+        let em = Emitter<'b>(env.Output, env.Turnstile)
+        let mutable go = true
+
+        while go do
+            let struct (n, ticket) = Wait.take env.Input input env.Sizer.Limit false
+
+            if n = 0 then
+                go <- false
+            else
+                em.Begin ticket
+                let start = Stopwatch.GetTimestamp()
+
+                for i in 0 .. n - 1 do
+                    pour em env.Output (f input[i])
+
+                env.Sizer.Record(n, start)
+                Buffers.clear input n
+                emit em env.Output
+                em.End()
+                env.Input.Release n
+
+    let branchPool (f: 'a -> CancellationToken -> IAsyncEnumerable<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        task {
+            let input = newBuf<'a>()
+            let em = Emitter<'b>(env.Output, env.Turnstile)
+            let token = env.Ctx.Token
+            let mutable go = true
+
+            while go do
+                let! struct (n, ticket) = Wait.takeAsync env.Input input env.Sizer.Limit false
+
+                if n = 0 then
+                    go <- false
+                else
+                    em.Begin ticket
+                    let start = Stopwatch.GetTimestamp()
+                    let mutable i = 0
+
+                    while i < n do
+                        do! pourAsync em env.Output (f input[i] token) token
+                        i <- i + 1
+
+                    env.Sizer.Record(n, start)
+                    Buffers.clear input n
+                    do! emitAsync em env.Output
+                    em.End()
+                    env.Input.Release n
+        }
+
+    let joinThread (f: seq<'a> -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
+        let em = Emitter<'b>(env.Output, null)
+        pour em env.Output (f (QueueStream env.Input))
+        emit em env.Output
+
+    let joinPool
+        (f: IAsyncEnumerable<'a> -> CancellationToken -> IAsyncEnumerable<'b>)
+        (env: WorkerEnv<'a, 'b>)
+        : Task =
+        task {
+            let em = Emitter<'b>(env.Output, null)
+            let token = env.Ctx.Token
+            do! pourAsync em env.Output (f (QueueStream env.Input) token) token
+            do! emitAsync em env.Output
+        }
+
+    /// Groups items into arrays of `size`; with a timeout, a partial group leaves
+    /// when `timeout` has passed since its first item. The end of input flushes it.
+    let batch (size: int) (timeout: TimeSpan option) (env: WorkerEnv<'a, 'a[]>) : Task =
+        task {
+            let one = Array.zeroCreate<'a[]> 1
+            let take = Array.zeroCreate<'a>(min Tuning.MaxBatch size)
+            let mutable group = Array.zeroCreate<'a> size
+            let mutable k = 0
+            let mutable deadline = 0L
+            let mutable go = true
+
+            let send () =
+                one[0] <- (if k = group.Length then group else Array.sub group 0 k)
+                group <- Array.zeroCreate size
+                k <- 0
+                Wait.writeAsync env.Output one 1
+
+            while go do
+                let struct (n, _, wait) = env.Input.TryTake(take, min take.Length (size - k), true)
+
+                if not (isNull wait) then
+                    match timeout with
+                    | Some _ when k > 0 ->
+                        let remaining = deadline - Stopwatch.GetTimestamp()
+
+                        if remaining <= 0L then
+                            do! send ()
+                        else
+                            use cancel = CancellationTokenSource.CreateLinkedTokenSource env.Ctx.Token
+                            let delay = Task.Delay(Stopwatch.GetElapsedTime(0L, remaining), cancel.Token)
+                            let! first = Task.WhenAny(wait, delay)
+
+                            if obj.ReferenceEquals(first, delay) then
+                                do! send ()
+                            else
+                                cancel.Cancel()
+                    | _ -> do! wait
+                elif n = 0 then
+                    if k > 0 then
+                        do! send ()
+
+                    go <- false
+                else
+                    if k = 0 then
+                        deadline <-
+                            Stopwatch.GetTimestamp()
+                            + (match timeout with
+                               | Some t -> int64 (t.TotalSeconds * float Stopwatch.Frequency)
+                               | None -> 0L)
+
+                    Array.Copy(take, 0, group, k, n)
+                    k <- k + n
+
+                    if k = size then
+                        do! send ()
+        }
+
+/// Turns stage descriptors into running workers.
+module internal Wiring =
+    /// A one-stage pipeline running `body` under `info`'s options.
+    let stage (info: StageInfo) (body: Body<'a, 'b>) : Pipeline<'a, 'b> =
+        let wire (ctx: RunContext) (input: BatchQueue<'a>) =
+            let name = StageInfo.runName (ctx.NextStageIndex()) info
+            input.AddReaders info.Workers
+            let output = BatchQueue<'b>(info.Capacity)
+            ctx.Register output
+
+            let turnstile =
+                if info.Ordered && info.Workers > 1 then
+                    let t = Turnstile()
+                    ctx.Register t
+                    t
+                else
+                    null
+
+            let env =
+                {
+                    Ctx = ctx
+                    Input = input
+                    Output = output
+                    Turnstile = turnstile
+                    Sizer = Sizer()
+                }
+
+            let remaining = ref info.Workers
+
+            let finished () =
+                if Interlocked.Decrement &remaining.contents = 0 then
+                    output.Complete()
+                    input.CloseReaders()
+
+            let failed (e: exn) =
+                match e with
+                | :? ReadersGoneException -> finished ()
+                | e when ctx.IsStopEcho e -> ()
+                | e -> ctx.Fail(name, e)
+
+            ctx.OnStart(fun () ->
+                for w in 1 .. info.Workers do
+                    match body with
+                    | OnThread run ->
+                        ctx.StartThread(
+                            $"Pyper {name} {w}",
+                            fun () ->
+                                try
+                                    run env
+                                    finished ()
+                                with e ->
+                                    failed e
+                        )
+                    | OnPool run ->
+                        ctx.StartTask(fun () ->
+                            task {
+                                try
+                                    do! run env
+                                    finished ()
+                                with e ->
+                                    failed e
+                            }))
+
+            output
+
+        Pipeline<'a, 'b>([ info ], wire)
+
+    let private sourceFailed (ctx: RunContext) (e: exn) =
+        match e with
+        | :? ReadersGoneException -> ()
+        | e when ctx.IsStopEcho e -> ()
+        | e -> ctx.Fail("source", e)
+
+    /// The source queue of a run over one input.
+    let single (x: 'a) (_: RunContext) =
+        let q = BatchQueue<'a>(0)
+        Wait.write q [| x |] 1
+        q.Complete()
+        q
+
+    /// The source queue of a run over a blocking sequence, filled by its own thread.
+    let ofSeq (source: seq<'a>) (ctx: RunContext) =
+        let q = BatchQueue<'a>(Tuning.SourceReadAhead)
+        ctx.Register q
+
+        let pump () =
+            let em = Emitter<'a>(q, null)
+            use e = source.GetEnumerator()
+
+            while e.MoveNext() do
+                if em.Add e.Current || em.Count >= q.Free then
+                    Wait.write q em.Buffer em.Count
+                    em.Flushed()
+
+            Wait.write q em.Buffer em.Count
+            em.Flushed()
+            q.Complete()
+
+        ctx.OnStart(fun () ->
+            ctx.StartThread(
+                "Pyper source",
+                fun () ->
+                    try
+                        pump ()
+                    with e ->
+                        sourceFailed ctx e
+            ))
+
+        q
+
+    /// The source queue of a run over an async stream, filled by its own async loop.
+    let ofAsyncSeq (source: IAsyncEnumerable<'a>) (ctx: RunContext) =
+        let q = BatchQueue<'a>(Tuning.SourceReadAhead)
+        ctx.Register q
+
+        let pump () : Task =
+            task {
+                let em = Emitter<'a>(q, null)
+
+                let add x : Task =
+                    if em.Add x || em.Count >= q.Free then
+                        task {
+                            do! Wait.writeAsync q em.Buffer em.Count
+                            em.Flushed()
+                        }
+                    else
+                        Task.CompletedTask
+
+                do! AsyncStream.forEach source ctx.Token add
+                do! Wait.writeAsync q em.Buffer em.Count
+                em.Flushed()
+                q.Complete()
+            }
+
+        ctx.OnStart(fun () ->
+            ctx.StartTask(fun () ->
+                task {
+                    try
+                        do! pump ()
+                    with e ->
+                        sourceFailed ctx e
+                }))
+
+        q
+
+/// One run of a pipeline, as the consumer's enumerator. Nothing starts before the first MoveNextAsync.
+[<Sealed>]
+type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> BatchQueue<'a>, token: CancellationToken) =
+    let ctx = RunContext token
+    let buf = Array.zeroCreate<'b> Tuning.MaxBatch
+    let mutable final: BatchQueue<'b> = null
+    let mutable pos = 0
+    let mutable len = 0
+    let mutable current = Unchecked.defaultof<'b>
+    let mutable finished: Task = null
+
+    let finish () =
+        if isNull finished then
+            finished <- ctx.WhenFinished()
+
+        finished
+
+    let start () =
+        let src = source ctx
+        final <- pipeline.Wire ctx src
+        final.AddReaders 1
+        ctx.Register final
+        ctx.Start()
+
+    /// The run stopped: wait for every worker, then raise what stopped it.
+    let stopped () : Task<bool> =
+        task {
+            do! finish ()
+
+            match ctx.Error with
+            | null ->
+                token.ThrowIfCancellationRequested()
+                return raise (OperationCanceledException "The pipeline run was stopped.")
+            | e ->
+                ExceptionDispatchInfo.Capture(e).Throw()
+                return false
+        }
+
+    let next () =
+        current <- buf[pos]
+        buf[pos] <- Unchecked.defaultof<'b>
+        pos <- pos + 1
+        true
+
+    let refill () : ValueTask<bool> =
+        try
+            if isNull final then
+                start ()
+
+            final.Release len
+            len <- 0
+            pos <- 0
+            let t = Wait.takeAsync final buf Tuning.MaxBatch false
+
+            let landed (struct (n, _)) : ValueTask<bool> =
+                if n > 0 then
+                    len <- n
+                    ValueTask<bool>(next ())
+                else
+                    ValueTask<bool>(
+                        task {
+                            do! finish ()
+
+                            if not (isNull ctx.Error) then
+                                return! stopped ()
+                            else
+                                return false
+                        }
+                    )
+
+            if t.IsCompletedSuccessfully then
+                landed t.Result
+            else
+                ValueTask<bool>(
+                    task {
+                        try
+                            let! r = t
+                            return! (landed r).AsTask()
+                        with :? RunAbortedException ->
+                            return! stopped ()
+                    }
+                )
+        with :? RunAbortedException ->
+            ValueTask<bool>(stopped ())
+
+    interface IAsyncEnumerator<'b> with
+        member _.Current = current
+
+        member _.MoveNextAsync() =
+            if pos < len then ValueTask<bool>(next ()) else refill ()
+
+        member _.DisposeAsync() =
+            if isNull final then
+                ValueTask()
+            else
+                ctx.Cancel()
+                ValueTask(finish ())
+
+/// A pipeline applied to its input, enumerable any number of times (each enumeration is a new run).
+[<Sealed>]
+type internal RunSource<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> BatchQueue<'a>) =
+    interface IAsyncEnumerable<'b> with
+        member _.GetAsyncEnumerator(token) =
+            new Run<'a, 'b>(pipeline, source, token) :> IAsyncEnumerator<'b>

@@ -1,0 +1,86 @@
+namespace Pyper
+
+open System
+open System.Collections.Generic
+open System.Threading
+open System.Threading.Tasks
+
+/// Builds one-stage pipelines from plain functions. The function's shape picks the executor:
+/// a blocking function runs on dedicated threads (one per worker); a Task, ValueTask or
+/// F# Async function runs as async workers on the thread pool.
+///
+/// Options (all optional, checked here, when the stage is built):
+/// - `workers`: how many workers call the function concurrently (at least 1; default 1).
+/// - `capacity`: how many results may wait in the stage's output queue for the next stage
+///   (Pyper's `throttle`). Default 1024: large enough to let batched hand-off keep every stage
+///   busy, small enough to bound memory and let a slow consumer push back on the source.
+///   0 means unbounded. Items in flight per stage never exceed `capacity` + the next stage's workers.
+/// - `ordered`: results leave in input order even with many workers (default false: as ready).
+/// - `name`: the stage's name in errors and diagnostics (default: kind and position, e.g. "map #2").
+[<AbstractClass; Sealed>]
+type Stage =
+    /// A stage that calls a blocking function once per item, on dedicated threads.
+    static member map:
+        f: ('a -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+
+    /// A stage that awaits a Task-returning function once per item.
+    static member mapTask:
+        f: ('a -> Task<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+
+    /// A stage that awaits a Task-returning function once per item, passing the run's cancellation token.
+    static member mapTask:
+        f: ('a -> CancellationToken -> Task<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+            Pipeline<'a, 'b>
+
+    /// A stage that awaits a ValueTask-returning function once per item.
+    static member mapValueTask:
+        f: ('a -> ValueTask<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+
+    /// A stage that awaits a ValueTask-returning function once per item, passing the run's cancellation token.
+    static member mapValueTask:
+        f: ('a -> CancellationToken -> ValueTask<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+            Pipeline<'a, 'b>
+
+    /// A stage that runs an F# Async function once per item; the run's cancellation flows into it.
+    static member mapAsync:
+        f: ('a -> Async<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+
+    /// A stage whose blocking function returns many results per item, flattened downstream
+    /// (Pyper's `branch=True`). As the first stage, it generates the data from the run's input.
+    static member branch:
+        f: ('a -> seq<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+
+    /// A stage whose function returns an async stream per item, flattened downstream.
+    static member branchStream:
+        f: ('a -> IAsyncEnumerable<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+            Pipeline<'a, 'b>
+
+    /// A stage whose blocking function reads the whole upstream stream and returns one result
+    /// (Pyper's `join=True`). With n workers, the input is split into n partial streams and
+    /// there are n results. Each stream can be enumerated once.
+    static member join:
+        f: (seq<'a> -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+
+    /// A join stage whose function returns many results, flattened downstream (`join` and `branch`).
+    static member joinMany:
+        f: (seq<'a> -> seq<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+
+    /// A join stage whose function awaits the whole upstream async stream and returns one result.
+    static member joinTask:
+        f: (IAsyncEnumerable<'a> -> Task<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+            Pipeline<'a, 'b>
+
+    /// A join stage whose function reads the whole upstream async stream and returns an async stream of results.
+    static member joinStream:
+        f: (IAsyncEnumerable<'a> -> IAsyncEnumerable<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string ->
+            Pipeline<'a, 'b>
+
+    /// A stage that groups items into arrays of `size`. With `timeout`, a partial group is
+    /// handed on once `timeout` has passed since its first item; the end of input flushes it.
+    static member batch:
+        size: int * ?timeout: TimeSpan * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+            Pipeline<'a, 'a array>
