@@ -170,6 +170,23 @@ type internal BatchQueue<'T>(capacity: int) =
         signal wake
         result
 
+    /// Null while there is room for one more item, else a task that completes when there may be.
+    member _.RoomWait() : Task =
+        lock sync (fun () ->
+            if aborted then
+                raise (RunAbortedException())
+
+            if readersGone then
+                raise (ReadersGoneException())
+
+            if occupied < bound then
+                null
+            else
+                if isNull writeWaiter then
+                    writeWaiter <- newWaiter ()
+
+                writeWaiter.Task)
+
     /// Frees the room of `n` taken items, waking a waiting writer.
     member _.Release(n: int) =
         let mutable wake = null
@@ -342,6 +359,31 @@ module internal Wait =
                     return result
                 }
                 : Task<struct (int * int64)>
+            )
+
+    /// Waits, blocking, until the queue has room for one more item.
+    let room (q: BatchQueue<'T>) =
+        let mutable wait = q.RoomWait()
+
+        while not (isNull wait) do
+            block wait
+            wait <- q.RoomWait()
+
+    /// Waits, awaiting, until the queue has room for one more item.
+    let roomAsync (q: BatchQueue<'T>) : ValueTask =
+        let wait = q.RoomWait()
+
+        if isNull wait then
+            ValueTask()
+        else
+            ValueTask(
+                task {
+                    let mutable wait = wait
+
+                    while not (isNull wait) do
+                        do! wait
+                        wait <- q.RoomWait()
+                }
             )
 
     /// Waits, blocking, for `ticket`'s turn.

@@ -1,6 +1,7 @@
 namespace Pyper
 
 open System.Collections.Generic
+open System.Threading
 open System.Threading.Tasks
 
 [<RequireQualifiedAccess>]
@@ -28,10 +29,16 @@ module Pipeline =
         run pipeline (Wiring.ofSeq source)
 
     let toSeq (input: 'a) (pipeline: Pipeline<'a, 'b>) =
-        (stream input pipeline).ToBlockingEnumerable()
+        BlockingRun(stream input pipeline, CancellationToken.None) :> seq<'b>
 
     let toSeqFrom (source: seq<'a>) (pipeline: Pipeline<'a, 'b>) =
-        (streamFromSeq source pipeline).ToBlockingEnumerable()
+        BlockingRun(streamFromSeq source pipeline, CancellationToken.None) :> seq<'b>
+
+    let toBlockingSeq (token: CancellationToken) (results: IAsyncEnumerable<'b>) =
+        if isNull results then
+            nullArg "results"
+
+        BlockingRun(results, token) :> seq<'b>
 
     let into (consumer: seq<'b> -> 'r) (pipeline: Pipeline<'a, 'b>) =
         fun input -> consumer (toSeq input pipeline)

@@ -1,6 +1,7 @@
 namespace Pyper
 
 open System.Collections.Generic
+open System.Threading
 open System.Threading.Tasks
 
 /// Composing and running pipelines.
@@ -26,12 +27,16 @@ module Pipeline =
     val streamFromSeq: source: seq<'a> -> pipeline: Pipeline<'a, 'b> -> IAsyncEnumerable<'b>
 
     /// Runs the pipeline on one input and returns the results as a blocking sequence.
-    /// Breaking out of the loop stops the run. For a cancellation token, use
-    /// `(Pipeline.stream input p).ToBlockingEnumerable(token)`.
+    /// Breaking out of the loop stops the run; a failure is rethrown as the original exception.
+    /// For a cancellation token, use `Pipeline.stream input p |> Pipeline.toBlockingSeq token`.
     val toSeq: input: 'a -> pipeline: Pipeline<'a, 'b> -> seq<'b>
 
     /// Runs the pipeline over every item of a sequence and returns the results as a blocking sequence.
     val toSeqFrom: source: seq<'a> -> pipeline: Pipeline<'a, 'b> -> seq<'b>
+
+    /// Consumes a result stream as a blocking sequence, cancelled by `token`. Unlike the BCL's
+    /// `ToBlockingEnumerable`, a failure is rethrown as the original exception, never an AggregateException.
+    val toBlockingSeq: token: CancellationToken -> results: IAsyncEnumerable<'b> -> seq<'b>
 
     /// Pyper's `pipeline > consumer`: a function that runs the pipeline on its input and gives the results to `consumer`.
     val into: consumer: (seq<'b> -> 'r) -> pipeline: Pipeline<'a, 'b> -> ('a -> 'r)

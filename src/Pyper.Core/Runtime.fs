@@ -67,16 +67,20 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
         ticket <- t
         hasTurn <- isNull turnstile
 
-    /// Adds an output; true when the caller must hand the buffer on (full, or the next stage idle).
-    member _.Add(x: 'b) =
+    /// Adds an output; true when the caller must hand the buffer on: it is full, or it may
+    /// go now (our turn) and either the next stage is idle or `eager` says the producer
+    /// may block before its next item (a sequence that is not an in-memory collection).
+    member this.Add(x: 'b, eager: bool) =
         buf[k] <- x
         k <- k + 1
+        k = buf.Length || ((eager || output.HasWaitingReader) && this.CanFlushNow)
 
-        k = buf.Length
-        || (output.HasWaitingReader
-            && (hasTurn
-                || (hasTurn <- isNull (turnstile.WaitTurn ticket)
-                    hasTurn)))
+    /// True when the buffer holds items that may be handed on now without waiting for the turn.
+    member _.CanFlushNow =
+        k > 0
+        && (hasTurn
+            || (hasTurn <- isNull (turnstile.WaitTurn ticket)
+                hasTurn))
 
     /// Null when the buffer may be handed on now, else the turn to wait for before asking again.
     member _.TryTurn() : Task =
@@ -180,7 +184,13 @@ type internal QueueStream<'a>(q: BatchQueue<'a>) =
 /// Async stream helpers (the BCL has no awaited foreach for F#).
 module internal AsyncStream =
     /// Awaits `action` for each item of `items`, then disposes the enumerator (also on failure).
-    let forEach (items: IAsyncEnumerable<'T>) (token: CancellationToken) (action: 'T -> Task) : Task =
+    /// `beforeWait` runs whenever the next item is not ready at once.
+    let forEach
+        (items: IAsyncEnumerable<'T>)
+        (token: CancellationToken)
+        (beforeWait: unit -> Task)
+        (action: 'T -> Task)
+        : Task =
         task {
             let e = items.GetAsyncEnumerator token
             let mutable failure = null
@@ -189,7 +199,12 @@ module internal AsyncStream =
                 let mutable more = true
 
                 while more do
-                    let! m = e.MoveNextAsync()
+                    let next = e.MoveNextAsync()
+
+                    if not next.IsCompleted then
+                        do! beforeWait ()
+
+                    let! m = next
                     more <- m
 
                     if m then
@@ -302,12 +317,31 @@ module internal Workers =
             em.Flushed()
         }
 
+    /// True when enumerating `items` may block between items (it is not an in-memory collection):
+    /// each item is then handed on at once instead of waiting in a batch.
+    let mayBlock (items: seq<'T>) =
+        match items with
+        | :? ICollection<'T>
+        | :? IReadOnlyCollection<'T> -> false
+        | _ -> true
+
     let private pour (em: Emitter<'b>) (q: BatchQueue<'b>) (items: seq<'b>) =
+        let eager = mayBlock items
         use e = items.GetEnumerator()
 
         while e.MoveNext() do
-            if em.Add e.Current then
+            if em.Add(e.Current, eager) then
                 emit em q
+
+    /// Hands on, without waiting for the turn, whatever the emitter holds.
+    let private flushNow (em: Emitter<'b>) (q: BatchQueue<'b>) : Task =
+        if em.CanFlushNow then
+            task {
+                do! Wait.writeAsync q em.Buffer em.Count
+                em.Flushed()
+            }
+        else
+            Task.CompletedTask
 
     let private pourAsync
         (em: Emitter<'b>)
@@ -315,7 +349,12 @@ module internal Workers =
         (items: IAsyncEnumerable<'b>)
         (token: CancellationToken)
         : Task =
-        AsyncStream.forEach items token (fun x -> if em.Add x then emitAsync em q else Task.CompletedTask)
+        // Whatever is buffered is handed on before waiting for an item that is not ready yet.
+        AsyncStream.forEach items token (fun () -> flushNow em q) (fun x ->
+            if em.Add(x, false) then
+                emitAsync em q
+            else
+                Task.CompletedTask)
 
     let branchThread (f: 'a -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
         let input = newBuf<'a>()
@@ -486,7 +525,7 @@ module internal Wiring =
                     match body with
                     | OnThread run ->
                         ctx.StartThread(
-                            $"Pyper {name} {w}",
+                            $"Pyper/{name}/{w}",
                             fun () ->
                                 try
                                     run env
@@ -528,10 +567,21 @@ module internal Wiring =
 
         let pump () =
             let em = Emitter<'a>(q, null)
+            let eager = Workers.mayBlock source
             use e = source.GetEnumerator()
+            let mutable go = true
 
-            while e.MoveNext() do
-                if em.Add e.Current || em.Count >= q.Free then
+            // Read an item only when the queue has room for it: the source is never read
+            // further ahead than the queue's bound.
+            while go do
+                if em.Count >= q.Free then
+                    Wait.write q em.Buffer em.Count
+                    em.Flushed()
+                    Wait.room q
+
+                go <- e.MoveNext()
+
+                if go && em.Add(e.Current, eager) then
                     Wait.write q em.Buffer em.Count
                     em.Flushed()
 
@@ -541,7 +591,7 @@ module internal Wiring =
 
         ctx.OnStart(fun () ->
             ctx.StartThread(
-                "Pyper source",
+                "Pyper/source",
                 fun () ->
                     try
                         pump ()
@@ -560,16 +610,28 @@ module internal Wiring =
             task {
                 let em = Emitter<'a>(q, null)
 
+                let flush () : Task =
+                    task {
+                        do! Wait.writeAsync q em.Buffer em.Count
+                        em.Flushed()
+                        do! Wait.roomAsync q
+                    }
+
                 let add x : Task =
-                    if em.Add x || em.Count >= q.Free then
-                        task {
-                            do! Wait.writeAsync q em.Buffer em.Count
-                            em.Flushed()
-                        }
+                    if em.Add(x, false) || em.Count >= q.Free then
+                        flush ()
                     else
                         Task.CompletedTask
 
-                do! AsyncStream.forEach source ctx.Token add
+                do! Wait.roomAsync q
+
+                do!
+                    AsyncStream.forEach
+                        source
+                        ctx.Token
+                        (fun () -> if em.Count > 0 then flush () else Task.CompletedTask)
+                        add
+
                 do! Wait.writeAsync q em.Buffer em.Count
                 em.Flushed()
                 q.Complete()
@@ -690,3 +752,34 @@ type internal RunSource<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -
     interface IAsyncEnumerable<'b> with
         member _.GetAsyncEnumerator(token) =
             new Run<'a, 'b>(pipeline, source, token) :> IAsyncEnumerator<'b>
+
+/// A run as a blocking sequence: each enumeration is a new run; breaking out of the loop stops it.
+/// Failures surface as the original exception, never wrapped.
+[<Sealed>]
+type internal BlockingRun<'b>(results: IAsyncEnumerable<'b>, token: CancellationToken) =
+    static let wait (t: ValueTask<'T>) =
+        if t.IsCompletedSuccessfully then
+            t.Result
+        else
+            t.AsTask().GetAwaiter().GetResult()
+
+    interface IEnumerable<'b> with
+        member _.GetEnumerator() : IEnumerator<'b> =
+            let run = results.GetAsyncEnumerator token
+
+            { new IEnumerator<'b> with
+                member _.Current = run.Current
+              interface Collections.IEnumerator with
+                  member _.Current = box run.Current
+                  member _.MoveNext() = wait (run.MoveNextAsync())
+                  member _.Reset() = raise (NotSupportedException())
+              interface IDisposable with
+                  member _.Dispose() =
+                      let t = run.DisposeAsync()
+
+                      if not t.IsCompletedSuccessfully then
+                          t.AsTask().GetAwaiter().GetResult()
+            }
+
+        member this.GetEnumerator() : Collections.IEnumerator =
+            (this :> IEnumerable<'b>).GetEnumerator()

@@ -1,0 +1,165 @@
+/// Shared test helpers: hang guards, leak checks and small sources.
+module Pyper.Tests.Helpers
+
+open System
+open System.Collections.Generic
+open System.IO
+open System.Threading
+open System.Threading.Tasks
+open Expecto
+open Pyper
+
+/// How long any single wait in a test may take before it counts as a hang.
+let hangGuard = TimeSpan.FromSeconds 20.0
+
+/// Runs `work`, failing the test if it does not finish within the hang guard.
+let withinGuard (what: string) (work: unit -> Task<'T>) : 'T =
+    let t = Task.Run<'T>(Func<Task<'T>> work)
+
+    // Wait only for completion; the outcome (and the original exception) comes from GetResult.
+    let finished = (t :> Task).ContinueWith(ignore).Wait hangGuard
+
+    if not finished then
+        failtestf "hang: %s did not finish within %O" what hangGuard
+
+    t.GetAwaiter().GetResult()
+
+/// Polls `condition` until it holds (a hang guard, not a sleep: it returns as soon as it holds).
+let waitUntil (what: string) (condition: unit -> bool) =
+    if not (SpinWait.SpinUntil(Func<bool> condition, hangGuard)) then
+        failtestf "hang: %s did not happen within %O" what hangGuard
+
+/// OS threads of this process whose name starts with "Pyper" (Linux names threads in /proc).
+let pyperOsThreads () =
+    if Directory.Exists "/proc/self/task" then
+        Directory.GetDirectories "/proc/self/task"
+        |> Array.choose (fun d ->
+            try
+                let name = File.ReadAllText(Path.Combine(d, "comm")).Trim()
+                if name.StartsWith "Pyper/" then Some name else None
+            with _ ->
+                None)
+    else
+        [||]
+
+let private unobserved = ref 0
+
+do
+    TaskScheduler.UnobservedTaskException.Add(fun e ->
+        Interlocked.Increment &unobserved.contents |> ignore
+        e.SetObserved())
+
+/// Asserts that no worker thread or async worker of any run is alive, and that no OS thread
+/// of a run is left (an exited thread may linger in /proc for an instant: polled, with a hang guard).
+let assertNoLeaks () =
+    Expect.equal (Live.threadCount ()) 0 "no worker thread of a run is alive"
+    Expect.equal (Live.taskCount ()) 0 "no async worker of a run is alive"
+
+    if not (SpinWait.SpinUntil((fun () -> Array.isEmpty (pyperOsThreads ())), hangGuard)) then
+        failtestf "Pyper OS threads are left: %A" (pyperOsThreads ())
+
+/// A test case that checks for leaks and unobserved task exceptions after its body.
+let leakTest name (body: unit -> unit) =
+    testCase name (fun () ->
+        let before = unobserved.Value
+        body ()
+        assertNoLeaks ()
+        GC.Collect()
+        GC.WaitForPendingFinalizers()
+        Expect.equal unobserved.Value before "no unobserved task exception")
+
+/// Collects a whole run, with a hang guard.
+let collect (results: seq<'T>) : 'T list =
+    withinGuard "collecting the results" (fun () -> Task.Run(fun () -> List.ofSeq results))
+
+/// Collects an async run, with a hang guard and an optional token.
+let collectAsync (results: IAsyncEnumerable<'T>) : 'T list =
+    withinGuard "collecting the results" (fun () ->
+        task {
+            let acc = ResizeArray()
+            let e = results.GetAsyncEnumerator()
+
+            try
+                let mutable go = true
+
+                while go do
+                    let! more = e.MoveNextAsync()
+                    go <- more
+
+                    if more then
+                        acc.Add e.Current
+            finally
+                e.DisposeAsync().AsTask().Wait()
+
+            return List.ofSeq acc
+        })
+
+/// Runs `f` and returns the exception it throws, failing if it throws none.
+let catchExn (f: unit -> unit) : exn =
+    try
+        f ()
+        failtest "expected an exception"
+    with
+    | :? AssertException -> reraise ()
+    | e -> e
+
+/// An endless source counting how many items were read from it.
+type CountingSource() =
+    let mutable produced = 0L
+    member _.Produced = Interlocked.Read &produced
+
+    member _.Items =
+        seq {
+            while true do
+                let n = Interlocked.Increment &produced
+                yield int n
+        }
+
+/// An async stream of the list a Task gives, yielding before each item.
+type AsyncList<'T>(items: unit -> Task<'T list>) =
+    interface IAsyncEnumerable<'T> with
+        member _.GetAsyncEnumerator ct =
+            let mutable rest = None
+            let mutable current = Unchecked.defaultof<'T>
+
+            { new IAsyncEnumerator<'T> with
+                member _.Current = current
+
+                member _.MoveNextAsync() =
+                    ValueTask<bool>(
+                        task {
+                            ct.ThrowIfCancellationRequested()
+                            do! Task.Yield()
+
+                            if rest.IsNone then
+                                let! xs = items ()
+                                rest <- Some xs
+
+                            match rest with
+                            | Some(x :: xs) ->
+                                current <- x
+                                rest <- Some xs
+                                return true
+                            | _ -> return false
+                        }
+                    )
+              interface IAsyncDisposable with
+                  member _.DisposeAsync() = ValueTask()
+            }
+
+/// A countdown that completes when `n` callers have arrived: proves `n` workers run at once.
+type Rendezvous(n: int) =
+    let mutable arrived = 0
+    let all = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+
+    member _.Arrive() : Task =
+        if Interlocked.Increment &arrived = n then
+            all.SetResult()
+
+        all.Task.WaitAsync hangGuard
+
+/// The sorted results, for comparing multisets.
+let sorted (xs: 'T list) = List.sort xs
+
+/// A thrown-and-caught test exception type, so tests can check the original type surfaces.
+exception Boom of int

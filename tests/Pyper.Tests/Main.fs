@@ -1,0 +1,50 @@
+module Pyper.Tests.Main
+
+open System
+open System.IO
+open Expecto
+open Expecto.Impl
+
+[<EntryPoint>]
+let main argv =
+    let mutable summary = None
+
+    let tests =
+        testList
+            "Pyper"
+            [
+                ValidationTests.tests
+                ContractTests.tests
+                MapTests.tests
+                BranchTests.tests
+                JoinTests.tests
+                BatchTests.tests
+                RunTests.tests
+                LawTests.tests
+            ]
+
+    // Tests count live workers process-wide, so they run one at a time.
+    let code =
+        runTestsWithCLIArgs
+            [
+                CLIArguments.Sequenced
+                CLIArguments.No_Spinner
+                CLIArguments.Append_Summary_Handler(SummaryHandler(fun s -> summary <- Some s))
+            ]
+            argv
+            tests
+
+    match summary with
+    | Some s ->
+        let passed = s.passed.Length
+        let failed = s.failed.Length + s.errored.Length
+
+        match Environment.GetEnvironmentVariable "PYPER_TEST_SUMMARY" with
+        | null
+        | "" -> ()
+        | path -> File.WriteAllText(path, $"{passed} {failed}")
+
+        printfn "%d passed, %d failed" passed failed
+    | None -> ()
+
+    code
