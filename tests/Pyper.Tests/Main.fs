@@ -39,12 +39,11 @@ let main argv =
         let passed = s.passed.Length
         let failed = s.failed.Length + s.errored.Length
 
+        // Under build.fsx the counts go to a file and build.fsx prints the one closing line.
         match Environment.GetEnvironmentVariable "PYPER_TEST_SUMMARY" with
         | null
-        | "" -> ()
+        | "" -> printfn "%d passed, %d failed" passed failed
         | path -> File.WriteAllText(path, $"{passed} {failed}")
-
-        printfn "%d passed, %d failed" passed failed
     | None -> ()
 
     code
