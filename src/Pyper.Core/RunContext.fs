@@ -158,6 +158,9 @@ type internal RunContext(userToken: CancellationToken) =
         for s in starters do
             s ()
 
+    /// Releases a run that never started.
+    member _.DisposeUnstarted() = cts.Dispose()
+
     /// Completes when every worker of the run has finished and its threads have exited.
     member _.WhenFinished() : Task =
         task {

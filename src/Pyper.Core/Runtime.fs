@@ -741,6 +741,7 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
 
         member _.DisposeAsync() =
             if isNull final then
+                ctx.DisposeUnstarted()
                 ValueTask()
             else
                 ctx.Cancel()

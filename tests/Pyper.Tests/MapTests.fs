@@ -94,6 +94,44 @@ let tests =
                 Expect.isTrue (e :? InvalidOperationException) $"InvalidOperationException, got {e.GetType()}"
                 Expect.equal e.Message "three" "the original message")
 
+            leakTest "ordered: one slow item holds the others back in a bounded window" (fun () ->
+                let source = CountingSource()
+                use release = new ManualResetEventSlim()
+                let mutable calls = 0
+                let workers = 4
+
+                let p =
+                    Stage.map (
+                        (fun (x: int) ->
+                            Interlocked.Increment &calls |> ignore
+
+                            if x = 1 && not (release.Wait hangGuard) then
+                                failwith "never released"
+
+                            x),
+                        workers = workers,
+                        ordered = true
+                    )
+
+                use e = (Pipeline.toSeqFrom source.Items p).GetEnumerator()
+                let first = Task.Run(fun () -> e.MoveNext())
+                // While item 1 is stuck, the others finish but wait their turn, so the stage stops
+                // taking input: the source queue fills and the source is held there.
+                let sourceQueue = int64 (Tuning.SourceReadAhead + workers)
+                waitUntil "the source queue to fill" (fun () -> source.Produced >= sourceQueue)
+                Expect.isFalse first.IsCompleted "no result may pass the slow first item"
+                Expect.isLessThanOrEqual (int64 calls) sourceQueue "the stage took no more than its input queue holds"
+                release.Set()
+                Expect.isTrue (withinGuard "the first result" (fun () -> first)) "the first result"
+
+                let results =
+                    [ yield e.Current
+                      for _ in 2..1000 do
+                          e.MoveNext() |> ignore
+                          yield e.Current ]
+
+                Expect.equal results [ 1..1000 ] "in order")
+
             leakTest "cheap functions move in batches and keep up with millions of items" (fun () ->
                 let p = Stage.map ((+) 1) >=> Stage.map ((+) 1) >=> Stage.map ((+) 1)
                 let total = Pipeline.toSeqFrom (seq { 1..1_000_000 }) p |> Seq.sumBy int64
