@@ -6,6 +6,7 @@ open System.Diagnostics
 open System.Threading
 open System.Threading.Tasks
 open Pyper
+open Pyper.FSharp
 
 let getData (limit: int) = seq { for i in 0 .. limit - 1 -> i }
 

@@ -30,6 +30,19 @@ type StageInfo
         | Some n -> $"{n} ({opts})"
         | None -> opts
 
+module internal StageInfo =
+    let create name kind executor workers capacity ordered =
+        StageInfo(name, kind, executor, workers, capacity, ordered)
+
+    let runName (index: int) (s: StageInfo) =
+        match s.GivenName with
+        | Some n -> n
+        | None -> $"{s.Kind} #{index}"
+
+namespace Pyper.FSharp
+
+open Pyper
+
 [<Sealed>]
 type Pipeline<'a, 'b> internal (stages: StageInfo list, wire: RunContext -> BatchQueue<'a> -> BatchQueue<'b>) =
     member _.Stages = stages
@@ -44,12 +57,3 @@ type Pipeline<'a, 'b> internal (stages: StageInfo list, wire: RunContext -> Batc
         match stages with
         | [] -> "id"
         | _ -> stages |> List.map string |> String.concat " >=> "
-
-module internal StageInfo =
-    let create name kind executor workers capacity ordered =
-        StageInfo(name, kind, executor, workers, capacity, ordered)
-
-    let runName (index: int) (s: StageInfo) =
-        match s.GivenName with
-        | Some n -> n
-        | None -> $"{s.Kind} #{index}"

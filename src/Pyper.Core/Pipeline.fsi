@@ -26,20 +26,6 @@ type StageInfo =
     /// Whether results leave in input order.
     member Ordered: bool
 
-/// An immutable, reusable pipeline from items of type 'a to items of type 'b.
-/// Build one with the `Stage` constructors, compose with `>=>`, run with the `Pipeline` module.
-/// Each run is independent: running a pipeline twice starts two separate sets of workers.
-[<Sealed>]
-type Pipeline<'a, 'b> =
-    internal new: stages: StageInfo list * wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>) -> Pipeline<'a, 'b>
-    /// The stages, first to last.
-    member Stages: StageInfo list
-    member internal Wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>)
-    /// Kleisli composition over streams: every output of the left pipeline is an input of the right one.
-    static member (>=>): left: Pipeline<'a, 'b> * right: Pipeline<'b, 'c> -> Pipeline<'a, 'c>
-    /// The stages, e.g. "branch #1 >=> step2 (map, 20 workers)".
-    override ToString: unit -> string
-
 /// Internal stage builder.
 module internal StageInfo =
     val create:
@@ -53,3 +39,21 @@ module internal StageInfo =
 
     /// The stage's name in a run: its own, or kind and position.
     val runName: index: int -> StageInfo -> string
+
+namespace Pyper.FSharp
+
+open Pyper
+
+/// An immutable, reusable pipeline from items of type 'a to items of type 'b.
+/// Build one with the `Stage` constructors, compose with `>=>`, run with the `Pipeline` module.
+/// Each run is independent: running a pipeline twice starts two separate sets of workers.
+[<Sealed>]
+type Pipeline<'a, 'b> =
+    internal new: stages: StageInfo list * wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>) -> Pipeline<'a, 'b>
+    /// The stages, first to last.
+    member Stages: StageInfo list
+    member internal Wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>)
+    /// Kleisli composition over streams: every output of the left pipeline is an input of the right one.
+    static member (>=>): left: Pipeline<'a, 'b> * right: Pipeline<'b, 'c> -> Pipeline<'a, 'c>
+    /// The stages, e.g. "branch #1 >=> step2 (map, 20 workers)".
+    override ToString: unit -> string

@@ -1,5 +1,6 @@
-namespace Pyper
+namespace Pyper.FSharp
 
+open Pyper
 open System.Collections.Generic
 open System.Threading
 open System.Threading.Tasks

@@ -1,6 +1,7 @@
 namespace Pyper
 
 open System
+open Pyper.FSharp
 open System.Collections.Generic
 open System.Diagnostics
 open System.Runtime.CompilerServices

@@ -1,5 +1,6 @@
-namespace Pyper
+namespace Pyper.FSharp
 
+open Pyper
 open System
 open System.Collections.Generic
 open System.Threading

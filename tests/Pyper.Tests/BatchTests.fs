@@ -5,6 +5,7 @@ open System
 open System.Threading
 open Expecto
 open Pyper
+open Pyper.FSharp
 open Pyper.Tests.Helpers
 
 let tests =

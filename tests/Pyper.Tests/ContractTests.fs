@@ -8,6 +8,7 @@ open System.Threading
 open System.Threading.Tasks
 open Expecto
 open Pyper
+open Pyper.FSharp
 open Pyper.Tests.Helpers
 
 /// The options a contract test gives a stage.

@@ -8,6 +8,7 @@ open System.Threading
 open System.Threading.Tasks
 open Expecto
 open Pyper
+open Pyper.FSharp
 
 /// How long any single wait in a test may take before it counts as a hang.
 let hangGuard = TimeSpan.FromSeconds 20.0

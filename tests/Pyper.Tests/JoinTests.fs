@@ -6,6 +6,7 @@ open System.Collections.Generic
 open System.Threading.Tasks
 open Expecto
 open Pyper
+open Pyper.FSharp
 open Pyper.Tests.Helpers
 
 let tests =

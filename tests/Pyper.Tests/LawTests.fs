@@ -6,6 +6,7 @@ open Expecto
 open FsCheck
 open FsCheck.FSharp
 open Pyper
+open Pyper.FSharp
 open Pyper.Tests.Helpers
 
 /// A stage's function, as data, so the sequential model can run it too.

@@ -6,6 +6,7 @@ open System.Threading
 open System.Threading.Tasks
 open Expecto
 open Pyper
+open Pyper.FSharp
 open Pyper.Tests.Helpers
 
 let tests =
@@ -125,10 +126,12 @@ let tests =
                 Expect.isTrue (withinGuard "the first result" (fun () -> first)) "the first result"
 
                 let results =
-                    [ yield e.Current
-                      for _ in 2..1000 do
-                          e.MoveNext() |> ignore
-                          yield e.Current ]
+                    [
+                        yield e.Current
+                        for _ in 2..1000 do
+                            e.MoveNext() |> ignore
+                            yield e.Current
+                    ]
 
                 Expect.equal results [ 1..1000 ] "in order")
 

@@ -5,6 +5,7 @@ open System
 open System.Threading.Tasks
 open Expecto
 open Pyper
+open Pyper.FSharp
 
 let private throwsArg (paramName: string) (fragment: string) (build: unit -> obj) =
     let e = Expect.throwsC (build >> ignore) id
