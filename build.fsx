@@ -117,7 +117,10 @@ let test () =
 
 let demo () =
     build ()
-    exec "dotnet" [ "run"; "--project"; "samples/Readme.FSharp"; "-c"; "Release"; "--no-build" ]
+
+    for sample in [ "samples/Readme.FSharp"; "samples/Readme.CSharp" ] do
+        printfn "== %s" sample
+        exec "dotnet" [ "run"; "--project"; sample; "-c"; "Release"; "--no-build" ]
 
 let bench () =
     build ()

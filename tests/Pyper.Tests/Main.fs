@@ -21,6 +21,7 @@ let main argv =
                 BatchTests.tests
                 RunTests.tests
                 LawTests.tests
+                Pyper.CSharp.Tests.FacadeTests.All
             ]
 
     // Tests count live workers process-wide, so they run one at a time.

@@ -1,0 +1,21 @@
+using System;
+using Microsoft.FSharp.Core;
+
+namespace Pyper;
+
+/// <summary>Turns the facade's delegates and options into the F# core's types. Nothing here is public.</summary>
+internal static class Interop
+{
+    /// <summary>An F# function for a delegate; null stays null so the core reports it with the stage's name.</summary>
+    internal static FSharpFunc<TIn, TOut> Fn<TIn, TOut>(Func<TIn, TOut>? f) =>
+        f is null ? null! : FuncConvert.FromFunc(f);
+
+    /// <summary>A curried F# function for a two-argument delegate.</summary>
+    internal static FSharpFunc<TIn, FSharpFunc<TArg, TOut>> Fn<TIn, TArg, TOut>(Func<TIn, TArg, TOut>? f) =>
+        f is null ? null! : FuncConvert.FromFunc(f);
+
+    internal static FSharpOption<T> Some<T>(T value) => FSharpOption<T>.Some(value);
+
+    internal static FSharpOption<string> Name(string? name) =>
+        name is null ? FSharpOption<string>.None : FSharpOption<string>.Some(name);
+}

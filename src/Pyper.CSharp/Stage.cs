@@ -1,0 +1,117 @@
+using System;
+using System.Collections.Generic;
+using System.Threading;
+using System.Threading.Tasks;
+using static Pyper.Interop;
+using Core = Pyper.FSharp;
+
+namespace Pyper;
+
+/// <summary>
+/// Builds one-stage pipelines from methods and lambdas (Pyper's <c>task(...)</c>). The function's
+/// shape picks the executor: a blocking function runs on dedicated threads, one per worker; a
+/// <see cref="Task{TResult}"/> or <see cref="ValueTask{TResult}"/> function runs as async workers.
+/// </summary>
+/// <remarks>
+/// Every factory takes the same options, checked here (an <see cref="ArgumentException"/> names the
+/// stage and the option): <c>workers</c> (at least 1), <c>capacity</c> (results that may wait for the
+/// next stage, Pyper's <c>throttle</c>; 0 = unbounded), <c>ordered</c> (results leave in input order)
+/// and <c>name</c> (used in errors). To build without type arguments, start from
+/// <see cref="Pipeline.Start{T}"/> and add stages fluently: the input type flows from the left.
+/// </remarks>
+public static class Stage
+{
+    /// <summary>The default <c>capacity</c>: 1024 results may wait between two stages.</summary>
+    public const int DefaultCapacity = Tuning.DefaultCapacity;
+
+    /// <summary>A stage calling a blocking function once per item, on dedicated threads.</summary>
+    /// <param name="f">The function.</param>
+    /// <param name="workers">How many workers call it at once (at least 1).</param>
+    /// <param name="capacity">How many results may wait for the next stage (0 = unbounded).</param>
+    /// <param name="ordered">Whether results leave in input order.</param>
+    /// <param name="name">The stage's name in errors.</param>
+    public static Pipeline<TIn, TOut> Map<TIn, TOut>(
+        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>A stage awaiting a Task-returning function once per item.</summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> Map<TIn, TOut>(
+        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>A stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> Map<TIn, TOut>(
+        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>A stage awaiting a ValueTask-returning function once per item.</summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
+        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>A stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
+        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>
+    /// A stage whose blocking function returns many results per item, flattened downstream
+    /// (Pyper's <c>branch=True</c>). As the first stage it generates the data from the run's input.
+    /// </summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
+        Func<TIn, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.branch(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>A stage whose function returns an async stream per item, flattened downstream.</summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
+        Func<TIn, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.branchStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>
+    /// A stage whose blocking function reads the whole upstream stream and returns one result
+    /// (Pyper's <c>join=True</c>). With n workers the input is split into n partial streams and
+    /// there are n results. Each stream can be enumerated once.
+    /// </summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> Join<TIn, TOut>(
+        Func<IEnumerable<TIn>, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.join(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>A join stage whose function awaits the whole upstream async stream and returns one result.</summary>
+    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> JoinStream<TIn, TOut>(
+        Func<IAsyncEnumerable<TIn>, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.joinTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>A join stage whose blocking function returns many results, flattened downstream.</summary>
+    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> JoinMany<TIn, TOut>(
+        Func<IEnumerable<TIn>, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.joinMany(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>A join stage that turns the whole upstream async stream into an async stream of results.</summary>
+    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    public static Pipeline<TIn, TOut> JoinManyStream<TIn, TOut>(
+        Func<IAsyncEnumerable<TIn>, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
+        new(Core.Stage.joinStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+
+    /// <summary>
+    /// A stage grouping items into arrays of <paramref name="size"/>. With a <paramref name="timeout"/>, a
+    /// partial group is handed on once the timeout has passed since its first item; the end of input flushes it.
+    /// </summary>
+    /// <param name="size">The group size (at least 1).</param>
+    /// <param name="timeout">How long a partial group may wait (positive), or null to wait for a full group.</param>
+    /// <param name="capacity">How many groups may wait for the next stage (0 = unbounded).</param>
+    /// <param name="name">The stage's name in errors.</param>
+    public static Pipeline<T, T[]> Batch<T>(int size, TimeSpan? timeout = null, int capacity = DefaultCapacity, string? name = null) =>
+        new(Core.Stage.batch<T>(
+            size,
+            timeout is { } t ? Some(t) : Microsoft.FSharp.Core.FSharpOption<TimeSpan>.None,
+            Some(1), Some(capacity), Some(false), Name(name)));
+}
