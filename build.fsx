@@ -97,18 +97,36 @@ let testSuite (project: string) (extra: string list) =
     let passed, failed = counts
     passed, (if code <> 0 && failed = 0 then 1 else failed)
 
-/// Runs the F# script sample with dotnet fsi and checks its total.
-let scriptSample () =
-    let out = capture "dotnet" [ "fsi"; "samples/readme.fsx" ]
-    let ok = out.Contains "Total: 190"
-    printfn "samples/readme.fsx: %s" (if ok then "ran, Total: 190" else $"FAILED, printed:\n{out}")
+/// Runs an F# script with dotnet fsi: one passed test when it exits 0 and prints `expected`.
+let script (path: string) (expected: string) =
+    let psi =
+        ProcessStartInfo("dotnet", WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = true)
+
+    [ "fsi"; path ] |> List.iter psi.ArgumentList.Add
+    use p = Process.Start psi
+    let out = p.StandardOutput.ReadToEnd()
+    p.WaitForExit()
+    let ok = p.ExitCode = 0 && out.Contains expected
+
+    printfn
+        "%s: %s"
+        path
+        (if ok then
+             $"passed ({expected})"
+         else
+             $"FAILED (exit code {p.ExitCode}), printed:\n{out}")
+
     (if ok then 1 else 0), (if ok then 0 else 1)
 
 let test () =
     build ()
 
     let results =
-        [ testSuite "tests/Pyper.Tests" [ "--colours"; "0" ]; scriptSample () ]
+        [
+            testSuite "tests/Pyper.Tests" [ "--colours"; "0" ]
+            script "samples/readme.fsx" "Total: 190"
+            script "tests/fsi/refuses-fsi-functions.fsx" "refused:"
+        ]
 
     let passed = results |> List.sumBy fst
     let failed = results |> List.sumBy snd

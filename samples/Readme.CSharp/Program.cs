@@ -1,5 +1,5 @@
 // Pyper's README example in C#: 20 items through an async stage (1 s, 20 workers), a blocking
-// stage (1 s, 20 workers) and a CPU-heavy stage (20 workers) in about 2 s.
+// stage (1 s, 20 workers) and a CPU-heavy stage (20 worker processes) in about 2 s.
 using System.Diagnostics;
 using Pyper;
 
@@ -7,7 +7,7 @@ var pipeline = Pipeline.Start<int>()
     .Branch(GetData)
     .Map(Step1, workers: 20)
     .Map(Step2, workers: 20)
-    .Map(Step3, workers: 20);
+    .Map(Step3, workers: 20, multiprocess: true);
 
 var clock = Stopwatch.StartNew();
 var total = 0;
@@ -37,7 +37,8 @@ static int Step2(int data)
     return data;
 }
 
-// Heavy computation whose result is used, so the JIT cannot drop the loop.
+// Heavy computation whose result is used, so the JIT cannot drop the loop. It runs in worker
+// processes: a static method of a compiled assembly, which a new process can load.
 static int Step3(int data)
 {
     long acc = 0;

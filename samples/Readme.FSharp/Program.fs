@@ -1,5 +1,5 @@
 /// Pyper's README example, in F#: 20 items through an async stage (1 s, 20 workers),
-/// a blocking stage (1 s, 20 workers) and a CPU-heavy stage (20 workers) in about 2 s.
+/// a blocking stage (1 s, 20 workers) and a CPU-heavy stage (20 worker processes) in about 2 s.
 module Readme.Program
 
 open System
@@ -11,33 +11,25 @@ open Pyper.FSharp
 
 let getData (limit: int) = seq { for i in 0 .. limit - 1 -> i }
 
+// Console.WriteLine rather than printfn: F# printf's first calls are costly, and here they would
+// land on the 20 workers at once.
 let step1 (data: int) =
     task {
         do! Task.Delay 1000
-        printfn "Finished async wait %d" data
+        Console.WriteLine("Finished async wait {0}", data)
         return data
     }
 
 let step2 (data: int) =
     Thread.Sleep 1000
-    printfn "Finished sync wait %d" data
-    data
-
-/// Heavy computation. Unlike Python's `_ = i*i`, the result is used, so the JIT cannot drop the loop.
-let step3 (data: int) =
-    let mutable acc = 0L
-
-    for i in 0L .. 9_999_999L do
-        acc <- acc + i * i
-
-    printfn "Finished heavy computation %d (checksum %d)" data (acc % 1000L)
+    Console.WriteLine("Finished sync wait {0}", data)
     data
 
 let pipeline =
     Stage.branch getData
     >=> Stage.mapTask (step1, workers = 20)
     >=> Stage.map (step2, workers = 20)
-    >=> Stage.map (step3, workers = 20)
+    >=> Stage.map (Readme.Steps.step3, workers = 20, multiprocess = true)
 
 [<EntryPoint>]
 let main _ =

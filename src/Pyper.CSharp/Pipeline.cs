@@ -84,44 +84,44 @@ public sealed class Pipeline<TIn, TOut>
     /// <summary>The stages, e.g. <c>branch &gt;=&gt; step2 (map, 20 workers)</c>.</summary>
     public override string ToString() => Inner.ToString();
 
-    /// <summary>Adds a stage calling a blocking function once per item, on dedicated threads.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <summary>Adds a stage calling a blocking function once per item, on dedicated threads or in worker processes.</summary>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> Map<TNext>(
-        Func<TOut, TNext> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
-        Then(Stage.Map(f, workers, capacity, ordered, name));
+        Func<TOut, TNext> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess));
 
     /// <summary>Adds a stage awaiting a Task-returning function once per item.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> Map<TNext>(
-        Func<TOut, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
-        Then(Stage.Map(f, workers, capacity, ordered, name));
+        Func<TOut, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess));
 
     /// <summary>Adds a stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> Map<TNext>(
-        Func<TOut, CancellationToken, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
-        Then(Stage.Map(f, workers, capacity, ordered, name));
+        Func<TOut, CancellationToken, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess));
 
     /// <summary>Adds a stage awaiting a ValueTask-returning function once per item.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> MapValueTask<TNext>(
         Func<TOut, ValueTask<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
         Then(Stage.MapValueTask(f, workers, capacity, ordered, name));
 
     /// <summary>Adds a stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> MapValueTask<TNext>(
         Func<TOut, CancellationToken, ValueTask<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
         Then(Stage.MapValueTask(f, workers, capacity, ordered, name));
 
     /// <summary>Adds a stage whose blocking function returns many results per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> Branch<TNext>(
         Func<TOut, IEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
         Then(Stage.Branch(f, workers, capacity, ordered, name));
 
     /// <summary>Adds a stage whose function returns an async stream per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> Branch<TNext>(
         Func<TOut, IAsyncEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
         Then(Stage.Branch(f, workers, capacity, ordered, name));

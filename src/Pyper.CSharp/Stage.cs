@@ -24,36 +24,50 @@ public static class Stage
     /// <summary>The default <c>capacity</c>: 1024 results may wait between two stages.</summary>
     public const int DefaultCapacity = Tuning.DefaultCapacity;
 
-    /// <summary>A stage calling a blocking function once per item, on dedicated threads.</summary>
+    /// <summary>
+    /// A stage calling a blocking function once per item, on dedicated threads, or with
+    /// <paramref name="multiprocess"/> in <paramref name="workers"/> worker processes.
+    /// </summary>
     /// <param name="f">The function.</param>
     /// <param name="workers">How many workers call it at once (at least 1).</param>
     /// <param name="capacity">How many results may wait for the next stage (0 = unbounded).</param>
     /// <param name="ordered">Whether results leave in input order.</param>
     /// <param name="name">The stage's name in errors.</param>
+    /// <param name="multiprocess">
+    /// Run the function in worker processes (Pyper's <c>multiprocess=True</c>): for isolation of CPU-heavy or
+    /// unsafe work. The function must be a static method, or a lambda that captures nothing, in a compiled
+    /// assembly; items and results travel as JSON. Anything else is refused here with an <see cref="ArgumentException"/>.
+    /// </param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        multiprocess
+            ? new(FSharp.Build.processOfDelegate(f, workers, capacity, ordered, name!))
+            : new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Some(false)));
 
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        multiprocess
+            ? RefuseInProcess(f, workers, capacity, ordered, name)
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        multiprocess
+            ? RefuseInProcess<TIn, TOut>(x => f(x, CancellationToken.None), workers, capacity, ordered, name)
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
         Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
         Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -62,13 +76,13 @@ public static class Stage
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's <c>branch=True</c>). As the first stage it generates the data from the run's input.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branch(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage whose function returns an async stream per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branchStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -78,7 +92,7 @@ public static class Stage
     /// (Pyper's <c>join=True</c>). With n workers the input is split into n partial streams and
     /// there are n results. Each stream can be enumerated once.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> Join<TIn, TOut>(
         Func<IEnumerable<TIn>, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.join(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -114,4 +128,12 @@ public static class Stage
             size,
             timeout is { } t ? Some(t) : Microsoft.FSharp.Core.FSharpOption<TimeSpan>.None,
             Some(1), Some(capacity), Some(false), Name(name)));
+
+    /// <summary>An async function marked for processes: the core refuses it (as Pyper does) with an ArgumentException.</summary>
+    private static Pipeline<TIn, TOut> RefuseInProcess<TIn, TOut>(
+        Func<TIn, Task<TOut>> f, int workers, int capacity, bool ordered, string? name)
+    {
+        FSharp.Build.processOfDelegate(f, workers, capacity, ordered, name!);
+        throw new System.Diagnostics.UnreachableException("async functions are refused for processes");
+    }
 }

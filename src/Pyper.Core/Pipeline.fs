@@ -3,6 +3,7 @@ namespace Pyper
 type Executor =
     | Thread = 0
     | Async = 1
+    | Process = 2
 
 [<Sealed>]
 type StageInfo

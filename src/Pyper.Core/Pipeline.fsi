@@ -9,6 +9,8 @@ type Executor =
     | Thread = 0
     /// Each worker is an async loop on the thread pool: for Task, ValueTask and Async functions.
     | Async = 1
+    /// Each worker is a separate process (`multiprocess`): for isolation of CPU-heavy or unsafe work.
+    | Process = 2
 
 /// What a stage is, as built: its name, kind, executor and options.
 [<Sealed>]

@@ -9,6 +9,7 @@ open System.Threading.Tasks
 module internal Live =
     let mutable private threads = 0
     let mutable private tasks = 0
+    let mutable private processes = 0
 
     let threadStarted () =
         Interlocked.Increment &threads |> ignore
@@ -18,6 +19,15 @@ module internal Live =
 
     let taskStarted () = Interlocked.Increment &tasks |> ignore
     let taskEnded () = Interlocked.Decrement &tasks |> ignore
+
+    let processStarted () =
+        Interlocked.Increment &processes |> ignore
+
+    let processEnded () =
+        Interlocked.Decrement &processes |> ignore
+
+    /// Worker processes of all runs that have not been reaped yet.
+    let processCount () = Volatile.Read &processes
     /// Worker threads of all runs that have not finished yet.
     let threadCount () = Volatile.Read &threads
     /// Async workers of all runs that have not finished yet.
@@ -30,6 +40,9 @@ module internal ErrorKeys =
 
     [<Literal>]
     let Others = "Pyper.OtherErrors"
+
+    [<Literal>]
+    let RemoteStackTrace = "Pyper.RemoteStackTrace"
 
 /// The state of one run: its cancellation, its first failure, its workers.
 [<Sealed>]

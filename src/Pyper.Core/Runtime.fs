@@ -4,6 +4,9 @@ open System
 open Pyper.FSharp
 open System.Collections.Generic
 open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Text.Json
 open System.Runtime.CompilerServices
 open System.Runtime.ExceptionServices
 open System.Threading
@@ -37,6 +40,8 @@ type internal Sizer() =
 type internal WorkerEnv<'a, 'b> =
     {
         Ctx: RunContext
+        /// The stage's name in this run.
+        Name: string
         Input: BatchQueue<'a>
         Output: BatchQueue<'b>
         /// Null unless the stage is ordered with more than one worker.
@@ -253,11 +258,12 @@ module internal Workers =
                 Buffers.clear output n
                 env.Input.Release n
 
-    let mapPool (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+    /// The async map loop: takes batches, fills `output[0..n-1]` with `runBatch input n output`,
+    /// hands the results on (in input order when ordered) and releases the input.
+    let private mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task) (env: WorkerEnv<'a, 'b>) : Task =
         task {
             let input = newBuf<'a>()
             let output = newBuf<'b>()
-            let token = env.Ctx.Token
             let mutable go = true
 
             while go do
@@ -267,13 +273,7 @@ module internal Workers =
                     go <- false
                 else
                     let start = Stopwatch.GetTimestamp()
-                    let mutable i = 0
-
-                    while i < n do
-                        let! r = f input[i] token
-                        output[i] <- r
-                        i <- i + 1
-
+                    do! runBatch input n output
                     env.Sizer.Record(n, start)
                     Buffers.clear input n
 
@@ -287,6 +287,167 @@ module internal Workers =
 
                     Buffers.clear output n
                     env.Input.Release n
+        }
+
+    let mapPool (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        let token = env.Ctx.Token
+
+        let runBatch (input: 'a[]) n (output: 'b[]) : Task =
+            task {
+                let mutable i = 0
+
+                while i < n do
+                    let! r = f input[i] token
+                    output[i] <- r
+                    i <- i + 1
+            }
+
+        mapBatches runBatch env
+
+    /// Observes a task we may stop waiting for, so that its failure is never unobserved.
+    let private observe (t: Task) =
+        t.ContinueWith(
+            (fun (t: Task) -> t.Exception |> ignore),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default
+        )
+        |> ignore
+
+    /// The exception a worker's failure comes back as: its own type when the parent has it loaded
+    /// and can make one from a message (no assembly is loaded for it), else a RemoteStageException.
+    let private remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
+        let typeName = f.Type.Split(',')[0]
+
+        let loaded =
+            AppDomain.CurrentDomain.GetAssemblies()
+            |> Array.tryPick (fun a -> Option.ofObj (a.GetType(typeName, false)))
+
+        match loaded |> Option.map (fun t -> t, t.GetConstructor [| typeof<string> |]) with
+        | Some(t, ctor) when typeof<exn>.IsAssignableFrom t && not (isNull ctor) ->
+            let e = ctor.Invoke [| box f.Message |] :?> exn
+            e.Data[ErrorKeys.RemoteStackTrace] <- f.StackTrace
+            e
+        | _ -> RemoteStageException($"Stage '{stage}': {typeName}: {f.Message}", f.Type, f.StackTrace, Nullable())
+
+    /// A process stage's worker: starts a worker process, sends it the function, then each batch.
+    let processMap (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
+        task {
+            let token = env.Ctx.Token
+
+            let path =
+                Path.Combine(Path.GetTempPath(), $"pyper-{Environment.ProcessId}-{Guid.NewGuid():N}.sock")
+
+            use listener =
+                new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+
+            listener.Bind(UnixDomainSocketEndPoint path)
+            listener.Listen 1
+            let proc = WorkerProcesses.start path
+            Live.processStarted ()
+            let pid = proc.Id
+            let mutable stream: NetworkStream = null
+            let closing = ref false
+
+            // One exception per crash, whether the socket or the Exited event reports it first.
+            let crash =
+                lazy
+                    (proc.WaitForExit 1000 |> ignore
+
+                     let code =
+                         if proc.HasExited then
+                             Nullable proc.ExitCode
+                         else
+                             Nullable()
+
+                     RemoteStageException(
+                         $"Stage '{env.Name}': worker process {pid} exited unexpectedly (exit code {code}).",
+                         "",
+                         "",
+                         code
+                     ))
+
+            let crashed () = crash.Force()
+            // A worker that dies while idle fails the run at once, not at its next batch.
+            proc.EnableRaisingEvents <- true
+
+            proc.Exited.Add(fun _ ->
+                if not (Volatile.Read &closing.contents) then
+                    env.Ctx.Fail(env.Name, crashed ()))
+
+            try
+                let accept = listener.AcceptAsync(token).AsTask()
+                let exited = proc.WaitForExitAsync token
+                observe accept
+                observe exited
+                let! first = Task.WhenAny(accept, exited)
+
+                if not (obj.ReferenceEquals(first, accept)) then
+                    token.ThrowIfCancellationRequested()
+                    raise (crashed ())
+
+                WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
+                stream <- new NetworkStream(accept.Result, true)
+                do! Wire.write stream Wire.Init (fref.Encode()) token
+
+                let remote (input: 'a[]) n (output: 'b[]) : Task =
+                    task {
+                        let payload =
+                            try
+                                JsonSerializer.SerializeToUtf8Bytes(Array.sub input 0 n, Wire.options)
+                            with e ->
+                                raise (
+                                    NotSupportedException(
+                                        $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
+                                        e
+                                    )
+                                )
+
+                        // A dead worker shows as the end of the stream or as a reset connection.
+                        let! reply =
+                            task {
+                                try
+                                    do! Wire.write stream Wire.Batch payload token
+                                    return! Wire.read stream token
+                                with :? IOException ->
+                                    return raise (crashed ())
+                            }
+
+                        match reply with
+                        | Some(kind, reply) when kind = Wire.Results ->
+                            let results = JsonSerializer.Deserialize<'b[]>(ReadOnlySpan reply, Wire.options)
+                            Array.blit results 0 output 0 n
+                        | Some(_, reply) ->
+                            let failure =
+                                JsonSerializer.Deserialize<Wire.RemoteFailure>(ReadOnlySpan reply, Wire.options)
+
+                            raise (remoteFailure env.Name failure)
+                        | None -> raise (crashed ())
+                    }
+
+                do! mapBatches remote env
+            finally
+                // Closing the connection ends the worker; a stopped run does not wait for it.
+                Volatile.Write(&closing.contents, true)
+
+                if not (isNull stream) then
+                    stream.Dispose()
+
+                if not (proc.WaitForExit(if token.IsCancellationRequested then 0 else 2000)) then
+                    try
+                        proc.Kill true
+                    with _ ->
+                        ()
+
+                    proc.WaitForExit()
+
+                proc.Dispose()
+                Live.processEnded ()
+
+                try
+                    File.Delete path
+                with _ ->
+                    ()
         }
 
     let private waitTurn (em: Emitter<'b>) =
@@ -502,6 +663,7 @@ module internal Wiring =
             let env =
                 {
                     Ctx = ctx
+                    Name = name
                     Input = input
                     Output = output
                     Turnstile = turnstile

@@ -7,7 +7,7 @@ open System.Threading
 open System.Threading.Tasks
 
 module internal Build =
-    let private describe (name: string option) (kind: string) =
+    let describe (name: string option) (kind: string) =
         match name with
         | Some n -> $"Stage '{n}' ({kind})"
         | None -> $"A {kind} stage"
@@ -55,6 +55,40 @@ module internal Build =
     let pool kind joins f workers capacity ordered name body =
         Wiring.stage (info kind Executor.Async joins (box f) workers capacity ordered name) (OnPool body)
 
+    let private isAsync (t: Type) =
+        typeof<Task>.IsAssignableFrom t
+        || t = typeof<ValueTask>
+        || (t.IsGenericType
+            && (t.GetGenericTypeDefinition() = typedefof<ValueTask<_>>
+                || t.GetGenericTypeDefinition() = typedefof<Async<_>>))
+
+    /// A map stage whose workers are processes; `locate` finds how a worker re-creates the function.
+    let processStage<'a, 'b> (f: obj) (locate: unit -> Result<FunctionRef, string>) workers capacity ordered name =
+        let info = info "map" Executor.Process false f workers capacity ordered name
+        let stage = describe name "map"
+
+        if isAsync typeof<'b> then
+            raise (
+                ArgumentException(
+                    $"{stage}: an async function (returning {typeof<'b>.Name}) cannot run in worker processes, as in Pyper: run it on the async executor (Stage.mapTask) instead.",
+                    "multiprocess"
+                )
+            )
+
+        match locate () with
+        | Ok fref -> Wiring.stage info (OnPool(Workers.processMap fref)): Pipeline<'a, 'b>
+        | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
+
+    /// For the C# facade: a process map stage from a delegate.
+    let processOfDelegate<'a, 'b> (f: Func<'a, 'b>) (workers: int) (capacity: int) (ordered: bool) (name: string) =
+        processStage<'a, 'b>
+            (box f)
+            (fun () -> FunctionRefs.ofDelegate f)
+            (Some workers)
+            (Some capacity)
+            (Some ordered)
+            (Option.ofObj name)
+
     let one (x: 'T) = Seq.singleton x
 
     let oneAsync (t: Task<'T>) : IAsyncEnumerable<'T> =
@@ -86,8 +120,11 @@ module internal Build =
 
 [<AbstractClass; Sealed>]
 type Stage =
-    static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name) =
-        Build.thread "map" false f workers capacity ordered name (Workers.mapThread f)
+    static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+        if defaultArg multiprocess false then
+            Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
+        else
+            Build.thread "map" false f workers capacity ordered name (Workers.mapThread f)
 
     static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.pool "map" false f workers capacity ordered name (Workers.mapPool (fun x _ -> ValueTask<'b>(f x)))

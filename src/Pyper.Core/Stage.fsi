@@ -6,6 +6,12 @@ open System.Collections.Generic
 open System.Threading
 open System.Threading.Tasks
 
+/// Stage builders shared with the C# facade.
+module internal Build =
+    /// A process map stage from a delegate (a static method, or a lambda that captures nothing).
+    val processOfDelegate<'a, 'b> :
+        f: Func<'a, 'b> -> workers: int -> capacity: int -> ordered: bool -> name: string -> Pipeline<'a, 'b>
+
 /// Builds one-stage pipelines from plain functions. The function's shape picks the executor:
 /// a blocking function runs on dedicated threads (one per worker); a Task, ValueTask or
 /// F# Async function runs as async workers on the thread pool.
@@ -20,9 +26,14 @@ open System.Threading.Tasks
 /// - `name`: the stage's name in errors and diagnostics (default: kind and position, e.g. "map #2").
 [<AbstractClass; Sealed>]
 type Stage =
-    /// A stage that calls a blocking function once per item, on dedicated threads.
+    /// A stage that calls a blocking function once per item, on dedicated threads, or, with
+    /// `multiprocess = true`, in `workers` worker processes (Pyper's `multiprocess=True`). A process
+    /// stage's function must be re-creatable in a new process: a module function or static method of
+    /// a compiled assembly, or a lambda there that captures nothing; items and results travel as JSON.
+    /// Anything else (a capturing closure, a function defined in FSI, an async function) is refused here.
     static member map:
-        f: ('a -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: ('a -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
+            Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item.
     static member mapTask:

@@ -56,6 +56,7 @@ internal static class Check
     {
         Equal(Live.threadCount(), 0, "live worker threads");
         Equal(Live.taskCount(), 0, "live async workers");
+        Equal(Live.processCount(), 0, "live worker processes");
         var gone = SpinWait.SpinUntil(() => PyperOsThreads().Length == 0, HangGuard);
         True(gone, $"Pyper OS threads left: {string.Join(", ", PyperOsThreads())}");
     }

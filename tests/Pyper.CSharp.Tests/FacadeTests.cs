@@ -33,6 +33,8 @@ public static class FacadeTests
         for (var i = 0; ; i++) yield return i;
     }
 
+    private static int Square(int x) => x * x;
+
     private sealed class Boom(int item) : Exception($"boom at {item}");
 
     /// <summary>Every type the facade exposes, with every type its public members mention.</summary>
@@ -200,6 +202,40 @@ public static class FacadeTests
             Equal(info.Name, "step1", "name");
             Equal(info.Executor, Executor.Async, "executor");
             Equal(info.Workers, 3, "workers");
+        }),
+
+        Case("multiprocess: a static method runs in worker processes", async () =>
+        {
+            var p = Pipeline.Start<int>().Map(Square, workers: 2, multiprocess: true);
+            Equal(p.Stages.Single().Executor, Executor.Process, "executor");
+            Sequence((await Collect(p.RunEach(Enumerable.Range(0, 100)))).Order(), Enumerable.Range(0, 100).Select(x => x * x), "squares");
+            var lambda = Stage.Map((int x) => x + 1, multiprocess: true, ordered: true);
+            Sequence(await Collect(lambda.RunEach(new[] { 1, 2, 3 })), new[] { 2, 3, 4 }, "a lambda that captures nothing");
+        }),
+
+        Case("multiprocess: a capturing lambda and an async function are refused when built", () =>
+        {
+            var k = Environment.ProcessorCount;
+            try
+            {
+                Stage.Map((int x) => x * k, multiprocess: true);
+                throw new AssertException("expected an ArgumentException");
+            }
+            catch (ArgumentException e)
+            {
+                True(e.Message.Contains("captures variables"), e.Message);
+            }
+
+            try
+            {
+                Stage.Map(async (int x) => { await Task.Yield(); return x; }, multiprocess: true);
+                throw new AssertException("expected an ArgumentException");
+            }
+            catch (ArgumentException e)
+            {
+                Equal(e.ParamName, "multiprocess", "option");
+                True(e.Message.Contains("async function"), e.Message);
+            }
         }),
 
         Case("no F# type appears in the C# surface", () =>

@@ -21,6 +21,7 @@ let main argv =
                 BatchTests.tests
                 RunTests.tests
                 LawTests.tests
+                ProcessTests.tests
                 Pyper.CSharp.Tests.FacadeTests.All
             ]
 

@@ -1,0 +1,257 @@
+/// The process executor: worker processes, their functions, failures and clean-up.
+module Pyper.Tests.ProcessTests
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Threading
+open System.Threading.Tasks
+open Expecto
+open Pyper
+open Pyper.FSharp
+open Pyper.Tests.Helpers
+
+/// An F# record item: it crosses the process boundary as JSON.
+type Reading =
+    {
+        Sensor: string
+        Value: float
+        Tags: string list
+    }
+
+/// An item that cannot be serialized.
+type Holder = { Make: Func<int> }
+
+/// Functions that worker processes run: module functions of this compiled assembly.
+module Remote =
+    let triple (x: int) = x * 3
+    let identity (x: int) = x
+
+    let calibrate (r: Reading) =
+        { r with
+            Value = r.Value * 2.0
+            Tags = "calibrated" :: r.Tags
+        }
+
+    let failAtSeven (x: int) = if x = 7 then invalidOp "seven" else x
+    let boomAtSeven (x: int) = if x = 7 then raise (Boom 7) else x
+    let hold (h: Holder) = h
+
+    let shout (x: int) =
+        printfn "worker %d says %d" Environment.ProcessId x
+        x
+
+/// Process ids of the live worker processes that this process started (zombies count as gone).
+let workerProcesses (parent: int) =
+    Directory.GetDirectories "/proc"
+    |> Array.choose (fun d ->
+        match Int32.TryParse(Path.GetFileName d) with
+        | true, pid ->
+            try
+                let stat = File.ReadAllText(Path.Combine(d, "stat"))
+                let fields = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+                let cmd = File.ReadAllText(Path.Combine(d, "cmdline"))
+
+                if cmd.Contains "Pyper.Worker.dll" && int fields[1] = parent && fields[0] <> "Z" then
+                    Some pid
+                else
+                    None
+            with _ ->
+                None
+        | _ -> None)
+
+/// No worker process of this test process is left (polled, with a hang guard).
+let assertNoWorkers () =
+    Expect.equal (Live.processCount ()) 0 "every worker process was reaped"
+    waitUntil "worker processes to be gone" (fun () -> Array.isEmpty (workerProcesses Environment.ProcessId))
+
+/// A test that checks threads, tasks and the process table afterwards.
+let processTest name body =
+    leakTest name (fun () ->
+        body ()
+        assertNoWorkers ())
+
+let tests =
+    testList
+        "process executor"
+        [
+            processTest "results equal the thread executor's" (fun () ->
+                let inProcesses = Stage.map (Remote.triple, workers = 2, multiprocess = true)
+                let onThreads = Stage.map (Remote.triple, workers = 2)
+                let xs = [ -500 .. 500 ]
+
+                Expect.equal
+                    (sorted (collect (Pipeline.toSeqFrom xs inProcesses)))
+                    (sorted (collect (Pipeline.toSeqFrom xs onThreads)))
+                    "same"
+
+                Expect.equal (inProcesses.Stages.Head.Executor) Executor.Process "a process stage")
+
+            testPropertyWithConfig
+                { FsCheckConfig.defaultConfig with
+                    maxTest = 8
+                }
+                "property: results equal the thread executor's, in order when ordered"
+                (fun (xs: int list) (workers: byte) ->
+                    let workers = 1 + int workers % 3
+
+                    let p =
+                        Stage.map (Remote.triple, workers = workers, ordered = true, multiprocess = true)
+
+                    let results = collect (Pipeline.toSeqFrom xs p)
+                    assertNoWorkers ()
+                    results = List.map Remote.triple xs)
+
+            processTest "F# records and lists cross the boundary" (fun () ->
+                let p = Stage.map (Remote.calibrate, multiprocess = true)
+
+                let r =
+                    {
+                        Sensor = "s1"
+                        Value = 1.5
+                        Tags = [ "raw" ]
+                    }
+
+                Expect.equal
+                    (collect (Pipeline.toSeq r p))
+                    [
+                        { r with
+                            Value = 3.0
+                            Tags = [ "calibrated"; "raw" ]
+                        }
+                    ]
+                    "calibrated")
+
+            processTest "workers print freely; the data channel is separate" (fun () ->
+                let p = Stage.map (Remote.shout, workers = 2, multiprocess = true)
+                Expect.equal (sorted (collect (Pipeline.toSeqFrom [ 1..20 ] p))) [ 1..20 ] "all results")
+
+            testCase "a capturing closure is refused when the stage is built" (fun () ->
+                let k = Environment.ProcessorCount // a value the closure must capture
+
+                let e =
+                    Expect.throwsC (fun () -> Stage.map ((fun x -> x * k), multiprocess = true) |> ignore) id
+
+                Expect.isTrue (e :? ArgumentException) "ArgumentException"
+                Expect.equal (e :?> ArgumentException).ParamName "f" "names the function"
+                Expect.stringContains e.Message "captures values" "says why"
+                Expect.stringContains e.Message "module function or static method" "says what to do")
+
+            testCase "an async function is refused for processes" (fun () ->
+                let e =
+                    Expect.throwsC
+                        (fun () -> Stage.map ((fun (x: int) -> Task.FromResult x), multiprocess = true) |> ignore)
+                        id
+
+                Expect.equal (e :?> ArgumentException).ParamName "multiprocess" "names the option"
+                Expect.stringContains e.Message "async function" "says why"
+                Expect.stringContains e.Message "Stage.mapTask" "says what to do")
+
+            processTest "an item that cannot be serialized fails the run, naming the stage and the type" (fun () ->
+                let p = Stage.map (Remote.hold, multiprocess = true, name = "holder")
+
+                let e =
+                    catchExn (fun () -> collect (Pipeline.toSeq { Make = Func<int>(fun () -> 1) } p) |> ignore)
+
+                Expect.isTrue (e :? NotSupportedException) $"NotSupportedException, got {e.GetType()}"
+                Expect.stringContains e.Message "Stage 'holder'" "the stage"
+                Expect.stringContains e.Message "Holder" "the type")
+
+            processTest "an exception in a worker keeps its type and message" (fun () ->
+                let p =
+                    Stage.map (Remote.failAtSeven, workers = 2, multiprocess = true, name = "picky")
+
+                let e = catchExn (fun () -> collect (Pipeline.toSeqFrom [ 0..20 ] p) |> ignore)
+                Expect.isTrue (e :? InvalidOperationException) $"InvalidOperationException, got {e}"
+                Expect.equal e.Message "seven" "message"
+                Expect.equal (PipelineError.stage e) (Some "picky") "stage"
+                Expect.stringContains (string e.Data["Pyper.RemoteStackTrace"]) "failAtSeven" "the remote stack trace")
+
+            processTest "an exception type the parent cannot re-create comes as RemoteStageException" (fun () ->
+                let p = Stage.map (Remote.boomAtSeven, multiprocess = true)
+                let e = catchExn (fun () -> collect (Pipeline.toSeqFrom [ 0..20 ] p) |> ignore)
+
+                match e with
+                | :? RemoteStageException as r ->
+                    Expect.stringContains r.RemoteType "Boom" "the remote type"
+                    Expect.stringContains r.RemoteStackTrace "boomAtSeven" "the remote stack trace"
+                | e -> failtestf "expected RemoteStageException, got %O" e)
+
+            processTest "a worker killed mid-run fails the run within a second, with the exit code" (fun () ->
+                let source = CountingSource()
+
+                let p =
+                    Stage.map (Remote.identity, workers = 2, multiprocess = true, name = "victim")
+
+                use e = (Pipeline.toSeqFrom source.Items p).GetEnumerator()
+                Expect.isTrue (e.MoveNext()) "running"
+                waitUntil "two worker processes" (fun () -> (workerProcesses Environment.ProcessId).Length = 2)
+                let victim = (workerProcesses Environment.ProcessId)[0]
+                let clock = Stopwatch.StartNew()
+                Process.GetProcessById(victim).Kill()
+
+                let failure =
+                    catchExn (fun () ->
+                        withinGuard "the failure" (fun () ->
+                            Task.Run<unit>(fun () ->
+                                while e.MoveNext() do
+                                    ())))
+
+                Expect.isLessThan clock.Elapsed (TimeSpan.FromSeconds 1.0) "within a second"
+
+                match failure with
+                | :? RemoteStageException as r ->
+                    Expect.stringContains r.Message "Stage 'victim'" "names the stage"
+                    Expect.equal r.ExitCode (Nullable 137) "SIGKILL's exit code"
+                | other -> failtestf "expected RemoteStageException, got %O" other)
+
+            processTest "a consumer that stops early stops every worker process" (fun () ->
+                let source = CountingSource()
+                let p = Stage.map (Remote.identity, workers = 2, multiprocess = true)
+                Expect.equal (collect (Pipeline.toSeqFrom source.Items p |> Seq.truncate 5)).Length 5 "five")
+
+            processTest "workers exit on their own when their parent is killed" (fun () ->
+                let here = Path.GetDirectoryName(typeof<Reading>.Assembly.Location)
+                let config = DirectoryInfo(here).Parent.Name
+
+                let probe =
+                    Path.GetFullPath(
+                        Path.Combine(
+                            here,
+                            "..",
+                            "..",
+                            "..",
+                            "..",
+                            "Pyper.ProcessProbe",
+                            "bin",
+                            config,
+                            "net10.0",
+                            "Pyper.ProcessProbe.dll"
+                        )
+                    )
+
+                let psi =
+                    ProcessStartInfo("dotnet", UseShellExecute = false, RedirectStandardOutput = true)
+
+                psi.ArgumentList.Add "exec"
+                psi.ArgumentList.Add probe
+                use parent = Process.Start psi
+                Expect.equal (parent.StandardOutput.ReadLine()) "started" "the probe started"
+                waitUntil "the probe's two workers" (fun () -> (workerProcesses parent.Id).Length = 2)
+                let workers = workerProcesses parent.Id
+                parent.Kill()
+                parent.WaitForExit()
+                let clock = Stopwatch.StartNew()
+
+                let alive () =
+                    workers
+                    |> Array.filter (fun pid ->
+                        try
+                            let stat = File.ReadAllText $"/proc/{pid}/stat"
+                            stat.Substring(stat.LastIndexOf ')' + 2).[0] <> 'Z'
+                        with _ ->
+                            false)
+
+                waitUntil "the orphaned workers to exit" (fun () -> Array.isEmpty (alive ()))
+                Expect.isLessThan clock.Elapsed (TimeSpan.FromSeconds 2.0) "within two seconds")
+        ]
