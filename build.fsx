@@ -144,6 +144,24 @@ let bench () =
     build ()
     printfn "bench: the benchmark project arrives with the benchmark issue; nothing to run yet."
 
+/// The long randomized fault campaign (10,000 cases unless a count is given) and the memory probe.
+let soak (cases: string) =
+    build ()
+
+    exec
+        "dotnet"
+        [
+            "run"
+            "--project"
+            "tests/Pyper.Tests"
+            "-c"
+            "Release"
+            "--no-build"
+            "--"
+            "--soak"
+            cases
+        ]
+
 let format () =
     exec "dotnet" [ "tool"; "restore" ]
     exec "dotnet" [ "fantomas"; "src"; "tests"; "samples"; "build.fsx" ]
@@ -154,6 +172,8 @@ match args with
 | [ "demo" ] -> demo ()
 | "bench" :: _ -> bench ()
 | [ "format" ] -> format ()
+| [ "soak" ] -> soak "10000"
+| [ "soak"; cases ] -> soak cases
 | _ ->
-    eprintfn "usage: dotnet fsi build.fsx (build | test | demo | bench | format)"
+    eprintfn "usage: dotnet fsi build.fsx (build | test | demo | bench | format | soak [cases])"
     exit 2

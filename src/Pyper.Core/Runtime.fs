@@ -381,13 +381,13 @@ module internal Workers =
                 observe accept
                 observe exited
                 let! first = Task.WhenAny(accept, exited)
+                token.ThrowIfCancellationRequested() // a stopped run: no error of ours
 
                 if not (obj.ReferenceEquals(first, accept)) then
-                    token.ThrowIfCancellationRequested()
                     raise (crashed ())
 
                 WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
-                stream <- new NetworkStream(accept.Result, true)
+                stream <- new NetworkStream(accept.GetAwaiter().GetResult(), true)
                 do! Wire.write stream Wire.Init (fref.Encode()) token
 
                 let remote (input: 'a[]) n (output: 'b[]) : Task =

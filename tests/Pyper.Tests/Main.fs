@@ -5,25 +5,26 @@ open System.IO
 open Expecto
 open Expecto.Impl
 
-[<EntryPoint>]
-let main argv =
-    let mutable summary = None
+let private all =
+    testList
+        "Pyper"
+        [
+            ValidationTests.tests
+            ContractTests.tests
+            MapTests.tests
+            BranchTests.tests
+            JoinTests.tests
+            BatchTests.tests
+            RunTests.tests
+            LawTests.tests
+            ProcessTests.tests
+            Campaign.tests
+            Pyper.CSharp.Tests.FacadeTests.All
+        ]
 
-    let tests =
-        testList
-            "Pyper"
-            [
-                ValidationTests.tests
-                ContractTests.tests
-                MapTests.tests
-                BranchTests.tests
-                JoinTests.tests
-                BatchTests.tests
-                RunTests.tests
-                LawTests.tests
-                ProcessTests.tests
-                Pyper.CSharp.Tests.FacadeTests.All
-            ]
+/// Runs every test; under build.fsx the counts go to a file and build.fsx prints the closing line.
+let private runTests (argv: string[]) =
+    let mutable summary = None
 
     // Tests count live workers process-wide, so they run one at a time.
     let code =
@@ -34,14 +35,13 @@ let main argv =
                 CLIArguments.Append_Summary_Handler(SummaryHandler(fun s -> summary <- Some s))
             ]
             argv
-            tests
+            all
 
     match summary with
     | Some s ->
         let passed = s.passed.Length
         let failed = s.failed.Length + s.errored.Length
 
-        // Under build.fsx the counts go to a file and build.fsx prints the one closing line.
         match Environment.GetEnvironmentVariable "PYPER_TEST_SUMMARY" with
         | null
         | "" -> printfn "%d passed, %d failed" passed failed
@@ -49,3 +49,9 @@ let main argv =
     | None -> ()
 
     code
+
+[<EntryPoint>]
+let main argv =
+    match argv with
+    | [| "--soak"; cases |] -> Campaign.soak (int cases)
+    | _ -> runTests argv
