@@ -50,6 +50,12 @@ type Pipeline<'a, 'b> internal (stages: StageInfo list, wire: RunContext -> Batc
     member internal _.Wire = wire
 
     static member (>=>)(left: Pipeline<'a, 'b>, right: Pipeline<'b, 'c>) : Pipeline<'a, 'c> =
+        if isNull (box left) then
+            nullArg "left"
+
+        if isNull (box right) then
+            nullArg "right"
+
         let lw = left.Wire
         let rw = right.Wire
         Pipeline<'a, 'c>(left.Stages @ right.Stages, (fun ctx src -> rw ctx (lw ctx src)))

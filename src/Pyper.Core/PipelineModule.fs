@@ -1,6 +1,7 @@
 namespace Pyper.FSharp
 
 open Pyper
+open System
 open System.Collections.Generic
 open System.Threading
 open System.Threading.Tasks
@@ -10,9 +11,17 @@ module Pipeline =
     [<GeneralizableValue>]
     let id<'a> : Pipeline<'a, 'a> = Pipeline<'a, 'a>([], (fun _ src -> src))
 
-    let compose (first: Pipeline<'a, 'b>) (second: Pipeline<'b, 'c>) = first >=> second
+    let private notNull (name: string) (value: obj) =
+        if isNull value then
+            raise (ArgumentNullException(name, $"{name} is null."))
+
+    let compose (first: Pipeline<'a, 'b>) (second: Pipeline<'b, 'c>) =
+        notNull "first" first
+        notNull "second" second
+        first >=> second
 
     let private run (pipeline: Pipeline<'a, 'b>) source =
+        notNull "pipeline" pipeline
         RunSource(pipeline, source) :> IAsyncEnumerable<'b>
 
     let stream (input: 'a) (pipeline: Pipeline<'a, 'b>) = run pipeline (Wiring.single input)
@@ -42,9 +51,15 @@ module Pipeline =
         BlockingRun(results, token) :> seq<'b>
 
     let into (consumer: seq<'b> -> 'r) (pipeline: Pipeline<'a, 'b>) =
+        notNull "consumer" consumer
+        notNull "pipeline" pipeline
+
         fun input -> consumer (toSeq input pipeline)
 
     let intoTask (consumer: IAsyncEnumerable<'b> -> Task<'r>) (pipeline: Pipeline<'a, 'b>) =
+        notNull "consumer" consumer
+        notNull "pipeline" pipeline
+
         fun input -> consumer (stream input pipeline)
 
 [<RequireQualifiedAccess>]

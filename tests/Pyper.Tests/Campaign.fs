@@ -286,7 +286,10 @@ let run (limit: TimeSpan) (case: Case) : Outcome =
                 | CancelAfter ms -> cts.CancelAfter ms
                 | _ -> ()
 
-                let mutable go = true
+                let mutable go =
+                    match case.Fault with
+                    | StopAfter 0 -> false
+                    | _ -> true
 
                 while go do
                     let! more = e.MoveNextAsync()

@@ -55,6 +55,28 @@ let tests =
                 throwsArg "timeout" "timeout must be positive" (fun () ->
                     box (Stage.batch<int>(3, timeout = TimeSpan.Zero))))
 
+            testCase "null pipelines and consumers" (fun () ->
+                let nothing = Unchecked.defaultof<Pipeline<int, int>>
+                Expect.throwsT<ArgumentNullException> (fun () -> Pipeline.stream 1 nothing |> ignore) "stream"
+
+                Expect.throwsT<ArgumentNullException>
+                    (fun () -> Pipeline.toSeqFrom [ 1 ] nothing |> ignore)
+                    "toSeqFrom"
+
+                Expect.throwsT<ArgumentNullException>
+                    (fun () -> Pipeline.compose nothing Pipeline.id |> ignore)
+                    "compose"
+
+                Expect.throwsT<ArgumentNullException> (fun () -> (Pipeline.id >=> nothing) |> ignore) ">=>"
+
+                Expect.throwsT<ArgumentNullException>
+                    (fun () -> Pipeline.into (Unchecked.defaultof<seq<int> -> int>) Pipeline.id |> ignore)
+                    "into")
+
+            testCase "ordered batch with many workers" (fun () ->
+                throwsArg "ordered" "ordered needs workers = 1" (fun () ->
+                    box (Stage.batch<int>(10, workers = 3, ordered = true))))
+
             testCase "null source" (fun () ->
                 Expect.throwsT<ArgumentNullException>
                     (fun () -> Pipeline.streamFromSeq (null: seq<int>) Pipeline.id |> ignore)
