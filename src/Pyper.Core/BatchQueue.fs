@@ -68,6 +68,27 @@ type internal BatchQueue<'T>(capacity: int) =
         if not (isNull w) then
             w.TrySetResult() |> ignore
 
+    /// Applies `change` under the lock, then wakes whoever waits on that side.
+    let wakeWriter (change: unit -> unit) =
+        let mutable wake = null
+
+        lock sync (fun () ->
+            change ()
+            wake <- writeWaiter
+            writeWaiter <- null)
+
+        signal wake
+
+    let wakeReader (change: unit -> unit) =
+        let mutable wake = null
+
+        lock sync (fun () ->
+            change ()
+            wake <- readWaiter
+            readWaiter <- null)
+
+        signal wake
+
     let grow needed =
         let next = Array.zeroCreate (max needed (buffer.Length * 2))
         let first = min count (buffer.Length - head)
@@ -189,36 +210,15 @@ type internal BatchQueue<'T>(capacity: int) =
 
     /// Frees the room of `n` taken items, waking a waiting writer.
     member _.Release(n: int) =
-        let mutable wake = null
-
-        lock sync (fun () ->
-            occupied <- occupied - n
-            wake <- writeWaiter
-            writeWaiter <- null)
-
-        signal wake
+        wakeWriter (fun () -> occupied <- occupied - n)
 
     /// No more items will be written: readers drain what is left, then see the end.
     member _.Complete() =
-        let mutable wake = null
-
-        lock sync (fun () ->
-            completed <- true
-            wake <- readWaiter
-            readWaiter <- null)
-
-        signal wake
+        wakeReader (fun () -> completed <- true)
 
     /// Every reader has finished: writers stop quietly.
     member _.CloseReaders() =
-        let mutable wake = null
-
-        lock sync (fun () ->
-            readersGone <- true
-            wake <- writeWaiter
-            writeWaiter <- null)
-
-        signal wake
+        wakeWriter (fun () -> readersGone <- true)
 
     interface IAbortable with
         member _.Abort() =
@@ -361,52 +361,40 @@ module internal Wait =
                 : Task<struct (int * int64)>
             )
 
-    /// Waits, blocking, until the queue has room for one more item.
-    let room (q: BatchQueue<'T>) =
-        let mutable wait = q.RoomWait()
+    /// Asks `poll` until it answers null, waiting (blocking) on each task it answers meanwhile.
+    let until (poll: unit -> Task) =
+        let mutable wait = poll ()
 
         while not (isNull wait) do
             block wait
-            wait <- q.RoomWait()
+            wait <- poll ()
+
+    /// Asks `poll` until it answers null, awaiting each task it answers meanwhile.
+    let untilAsync (poll: unit -> Task) : ValueTask =
+        let wait = poll ()
+
+        if isNull wait then
+            ValueTask()
+        else
+            ValueTask(
+                task {
+                    let mutable wait = wait
+
+                    while not (isNull wait) do
+                        do! wait
+                        wait <- poll ()
+                }
+            )
+
+    /// Waits, blocking, until the queue has room for one more item.
+    let room (q: BatchQueue<'T>) = until q.RoomWait
 
     /// Waits, awaiting, until the queue has room for one more item.
-    let roomAsync (q: BatchQueue<'T>) : ValueTask =
-        let wait = q.RoomWait()
-
-        if isNull wait then
-            ValueTask()
-        else
-            ValueTask(
-                task {
-                    let mutable wait = wait
-
-                    while not (isNull wait) do
-                        do! wait
-                        wait <- q.RoomWait()
-                }
-            )
+    let roomAsync (q: BatchQueue<'T>) = untilAsync q.RoomWait
 
     /// Waits, blocking, for `ticket`'s turn.
-    let turn (t: Turnstile) (ticket: int64) =
-        let mutable wait = t.WaitTurn ticket
-
-        while not (isNull wait) do
-            block wait
-            wait <- t.WaitTurn ticket
+    let turn (t: Turnstile) (ticket: int64) = until (fun () -> t.WaitTurn ticket)
 
     /// Waits, awaiting, for `ticket`'s turn.
-    let turnAsync (t: Turnstile) (ticket: int64) : ValueTask =
-        let wait = t.WaitTurn ticket
-
-        if isNull wait then
-            ValueTask()
-        else
-            ValueTask(
-                task {
-                    let mutable wait = wait
-
-                    while not (isNull wait) do
-                        do! wait
-                        wait <- t.WaitTurn ticket
-                }
-            )
+    let turnAsync (t: Turnstile) (ticket: int64) =
+        untilAsync (fun () -> t.WaitTurn ticket)

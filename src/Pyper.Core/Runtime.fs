@@ -228,66 +228,76 @@ module internal AsyncStream =
 module internal Workers =
     let private newBuf<'T> () = Array.zeroCreate<'T> Tuning.MaxBatch
 
-    let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
-        let input = newBuf<'a>()
-        let output = newBuf<'b>()
+    /// A thread worker's loop: takes batches (blocking) into `input` until the input ends,
+    /// handing each to `body n ticket`.
+    let private eachBatch (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> unit) =
         let mutable go = true
 
         while go do
             let struct (n, ticket) = Wait.take env.Input input env.Sizer.Limit false
 
-            if n = 0 then
-                go <- false
-            else
+            if n = 0 then go <- false else body n ticket
+
+    /// An async worker's loop: takes batches (awaiting) into `input` until the input ends,
+    /// handing each to `body n ticket`.
+    let private eachBatchAsync (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> Task) : Task =
+        task {
+            let mutable go = true
+
+            while go do
+                let! struct (n, ticket) = Wait.takeAsync env.Input input env.Sizer.Limit false
+
+                if n = 0 then go <- false else do! body n ticket
+        }
+
+    let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
+        let input = newBuf<'a>()
+        let output = newBuf<'b>()
+
+        eachBatch env input (fun n ticket ->
+            let start = Stopwatch.GetTimestamp()
+
+            for i in 0 .. n - 1 do
+                output[i] <- f input[i]
+
+            env.Sizer.Record(n, start)
+            Buffers.clear input n
+
+            if not (isNull env.Turnstile) then
+                Wait.turn env.Turnstile ticket
+
+            Wait.write env.Output output n
+
+            if not (isNull env.Turnstile) then
+                env.Turnstile.Advance()
+
+            Buffers.clear output n
+            env.Input.Release n)
+
+    /// The async map loop: fills `output[0..n-1]` with `runBatch input n output` for each batch,
+    /// hands the results on (in input order when ordered) and releases the input.
+    let private mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task) (env: WorkerEnv<'a, 'b>) : Task =
+        let input = newBuf<'a>()
+        let output = newBuf<'b>()
+
+        eachBatchAsync env input (fun n ticket ->
+            task {
                 let start = Stopwatch.GetTimestamp()
-
-                for i in 0 .. n - 1 do
-                    output[i] <- f input[i]
-
+                do! runBatch input n output
                 env.Sizer.Record(n, start)
                 Buffers.clear input n
 
                 if not (isNull env.Turnstile) then
-                    Wait.turn env.Turnstile ticket
+                    do! Wait.turnAsync env.Turnstile ticket
 
-                Wait.write env.Output output n
+                do! Wait.writeAsync env.Output output n
 
                 if not (isNull env.Turnstile) then
                     env.Turnstile.Advance()
 
                 Buffers.clear output n
                 env.Input.Release n
-
-    /// The async map loop: takes batches, fills `output[0..n-1]` with `runBatch input n output`,
-    /// hands the results on (in input order when ordered) and releases the input.
-    let private mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task) (env: WorkerEnv<'a, 'b>) : Task =
-        task {
-            let input = newBuf<'a>()
-            let output = newBuf<'b>()
-            let mutable go = true
-
-            while go do
-                let! struct (n, ticket) = Wait.takeAsync env.Input input env.Sizer.Limit false
-
-                if n = 0 then
-                    go <- false
-                else
-                    let start = Stopwatch.GetTimestamp()
-                    do! runBatch input n output
-                    env.Sizer.Record(n, start)
-                    Buffers.clear input n
-
-                    if not (isNull env.Turnstile) then
-                        do! Wait.turnAsync env.Turnstile ticket
-
-                    do! Wait.writeAsync env.Output output n
-
-                    if not (isNull env.Turnstile) then
-                        env.Turnstile.Advance()
-
-                    Buffers.clear output n
-                    env.Input.Release n
-        }
+            })
 
     let mapPool (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
         let token = env.Ctx.Token
@@ -450,31 +460,15 @@ module internal Workers =
                     ()
         }
 
-    let private waitTurn (em: Emitter<'b>) =
-        let mutable w = em.TryTurn()
-
-        while not (isNull w) do
-            Wait.block w
-            w <- em.TryTurn()
-
-    let private waitTurnAsync (em: Emitter<'b>) : Task =
-        task {
-            let mutable w = em.TryTurn()
-
-            while not (isNull w) do
-                do! w
-                w <- em.TryTurn()
-        }
-
     /// Hands on the emitter's buffer, blocking for the turn and for room.
     let private emit (em: Emitter<'b>) (q: BatchQueue<'b>) =
-        waitTurn em
+        Wait.until em.TryTurn
         Wait.write q em.Buffer em.Count
         em.Flushed()
 
     let private emitAsync (em: Emitter<'b>) (q: BatchQueue<'b>) : Task =
         task {
-            do! waitTurnAsync em
+            do! Wait.untilAsync em.TryTurn
             do! Wait.writeAsync q em.Buffer em.Count
             em.Flushed()
         }
@@ -521,53 +515,41 @@ module internal Workers =
     let branchThread (f: 'a -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
         let input = newBuf<'a>()
         let em = Emitter<'b>(env.Output, env.Turnstile)
-        let mutable go = true
 
-        while go do
-            let struct (n, ticket) = Wait.take env.Input input env.Sizer.Limit false
+        eachBatch env input (fun n ticket ->
+            em.Begin ticket
+            let start = Stopwatch.GetTimestamp()
 
-            if n = 0 then
-                go <- false
-            else
+            for i in 0 .. n - 1 do
+                pour em env.Output (f input[i])
+
+            env.Sizer.Record(n, start)
+            Buffers.clear input n
+            emit em env.Output
+            em.End()
+            env.Input.Release n)
+
+    let branchPool (f: 'a -> CancellationToken -> IAsyncEnumerable<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        let input = newBuf<'a>()
+        let em = Emitter<'b>(env.Output, env.Turnstile)
+        let token = env.Ctx.Token
+
+        eachBatchAsync env input (fun n ticket ->
+            task {
                 em.Begin ticket
                 let start = Stopwatch.GetTimestamp()
+                let mutable i = 0
 
-                for i in 0 .. n - 1 do
-                    pour em env.Output (f input[i])
+                while i < n do
+                    do! pourAsync em env.Output (f input[i] token) token
+                    i <- i + 1
 
                 env.Sizer.Record(n, start)
                 Buffers.clear input n
-                emit em env.Output
+                do! emitAsync em env.Output
                 em.End()
                 env.Input.Release n
-
-    let branchPool (f: 'a -> CancellationToken -> IAsyncEnumerable<'b>) (env: WorkerEnv<'a, 'b>) : Task =
-        task {
-            let input = newBuf<'a>()
-            let em = Emitter<'b>(env.Output, env.Turnstile)
-            let token = env.Ctx.Token
-            let mutable go = true
-
-            while go do
-                let! struct (n, ticket) = Wait.takeAsync env.Input input env.Sizer.Limit false
-
-                if n = 0 then
-                    go <- false
-                else
-                    em.Begin ticket
-                    let start = Stopwatch.GetTimestamp()
-                    let mutable i = 0
-
-                    while i < n do
-                        do! pourAsync em env.Output (f input[i] token) token
-                        i <- i + 1
-
-                    env.Sizer.Record(n, start)
-                    Buffers.clear input n
-                    do! emitAsync em env.Output
-                    em.End()
-                    env.Input.Release n
-        }
+            })
 
     let joinThread (f: seq<'a> -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
         let em = Emitter<'b>(env.Output, null)
