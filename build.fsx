@@ -86,7 +86,7 @@ let testSuite (project: string) (extra: string list) =
         run
             "dotnet"
             ([ "run"; "--project"; project; "-c"; "Release"; "--no-build"; "--" ] @ extra)
-            [ "PYPER_TEST_SUMMARY", summary ]
+            [ ("PYPER_TEST_SUMMARY", summary) ]
 
     let counts =
         match (File.ReadAllText summary).Split(' ', StringSplitOptions.RemoveEmptyEntries) with
@@ -118,12 +118,33 @@ let script (path: string) (expected: string) =
 
     (if ok then 1 else 0), (if ok then 0 else 1)
 
+/// Builds and runs every benchmark once at a hundredth of its size, so the benchmarks cannot rot.
+let benchSmoke () =
+    let code =
+        run
+            "dotnet"
+            [
+                "run"
+                "--project"
+                "benchmarks/Pyper.Benchmarks"
+                "-c"
+                "Release"
+                "--no-build"
+                "--"
+                "--quick"
+            ]
+            []
+
+    printfn "benchmarks (smoke run): %s" (if code = 0 then "passed" else $"FAILED (exit code {code})")
+    (if code = 0 then 1 else 0), (if code = 0 then 0 else 1)
+
 let test () =
     build ()
 
     let results =
         [
             testSuite "tests/Pyper.Tests" [ "--colours"; "0" ]
+            benchSmoke ()
             script "samples/readme.fsx" "Total: 190"
             script "tests/fsi/refuses-fsi-functions.fsx" "refused:"
         ]
@@ -140,9 +161,84 @@ let demo () =
         printfn "== %s" sample
         exec "dotnet" [ "run"; "--project"; sample; "-c"; "Release"; "--no-build" ]
 
-let bench () =
+/// A bar chart (SVG) of a BenchmarkDotNet CSV report: one bar per method and parameter, in items/s
+/// (the report's mean is per item, thanks to OperationsPerInvoke).
+let chart (csv: string) (svg: string) (title: string) =
+    let rows = File.ReadAllLines csv |> Array.map (fun l -> l.Split ';')
+    let column name = Array.findIndex ((=) name) rows[0]
+    let meanAt, methodAt = column "Mean", column "Method"
+    let workersAt = Array.tryFindIndex ((=) "Workers") rows[0]
+
+    let ns (text: string) =
+        let parts = text.Replace("\"", "").Trim().Split ' '
+
+        let value =
+            Double.Parse(parts[0].Replace(",", ""), Globalization.CultureInfo.InvariantCulture)
+
+        match Array.tryItem 1 parts with
+        | Some "μs"
+        | Some "us" -> value * 1e3
+        | Some "ms" -> value * 1e6
+        | Some "s" -> value * 1e9
+        | _ -> value
+
+    let bars =
+        rows
+        |> Array.skip 1
+        |> Array.map (fun r ->
+            let label =
+                match workersAt with
+                | Some i -> $"{r[methodAt]} (workers {r[i]})"
+                | None -> r[methodAt]
+
+            label, 1e9 / ns r[meanAt])
+
+    let top = bars |> Array.map snd |> Array.max
+
+    let body =
+        bars
+        |> Array.mapi (fun i (label, rate) ->
+            let y = 30 + 26 * i
+            let w = 400.0 * rate / top
+
+            $"""<text x="230" y="{y + 15}" text-anchor="end" font-size="12">{label}</text><rect x="240" y="{y}" width="{w:F0}" height="20" fill="#4a7ab5"/><text x="{245.0 + w:F0}" y="{y + 15}" font-size="12">{rate / 1e6:F1}M/s</text>""")
+        |> String.concat "\n"
+
+    let svgText =
+        $"""<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{40 + 26 * bars.Length}" font-family="sans-serif"><text x="10" y="18" font-size="14" font-weight="bold">{title}</text>
+{body}
+</svg>
+"""
+
+    File.WriteAllText(svg, svgText)
+
+/// The full benchmark run; extra arguments go to BenchmarkDotNet (e.g. --filter '*Overhead*').
+let bench (extra: string list) =
     build ()
-    printfn "bench: the benchmark project arrives with the benchmark issue; nothing to run yet."
+
+    exec
+        "dotnet"
+        ([
+            "run"
+            "--project"
+            "benchmarks/Pyper.Benchmarks"
+            "-c"
+            "Release"
+            "--no-build"
+            "--"
+         ]
+         @ extra)
+
+    let overhead =
+        Path.Combine(root, "BenchmarkDotNet.Artifacts", "results", "Pyper.Benchmarks.Overhead-report.csv")
+
+    if File.Exists overhead then
+        chart
+            overhead
+            (Path.Combine(root, "benchmarks", "overhead.svg"))
+            "3 trivial stages over 1M ints: items/s (higher is better)"
+
+        printfn "bench: wrote benchmarks/overhead.svg"
 
 /// The long randomized fault campaign (10,000 cases unless a count is given) and the memory probe.
 let soak (cases: string) =
@@ -170,7 +266,7 @@ match args with
 | [ "build" ] -> build ()
 | [ "test" ] -> test ()
 | [ "demo" ] -> demo ()
-| "bench" :: _ -> bench ()
+| "bench" :: extra -> bench extra
 | [ "format" ] -> format ()
 | [ "soak" ] -> soak "10000"
 | [ "soak"; cases ] -> soak cases

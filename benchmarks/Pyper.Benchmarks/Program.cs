@@ -1,0 +1,31 @@
+// Pyper's benchmarks, side by side with the peers a .NET user would pick instead.
+//   dotnet fsi build.fsx bench [BenchmarkDotNet arguments]   the full run (all scenarios)
+//   ... -- --quick                                              a smoke run: tiny sizes, one iteration
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Exporters.Csv;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Running;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
+using Pyper.Benchmarks;
+
+var quick = args.Contains("--quick");
+Size.Quick = quick;
+var rest = args.Where(a => a != "--quick").ToArray();
+
+// In-process: the benchmark project restores through Paket, which BenchmarkDotNet's generated
+// projects would not. Classes with their own jobs (BlockingIo) keep them, on the same toolchain.
+var job = quick
+    ? Job.Dry.WithToolchain(InProcessEmitToolchain.Instance)
+    : Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(5).WithLaunchCount(1);
+
+var config = DefaultConfig.Instance
+    .AddJob(job.AsDefault())
+    .AddExporter(new CsvExporter(CsvSeparator.Semicolon)) // numbers contain commas; build.fsx charts this
+    .WithOptions(ConfigOptions.DisableOptimizationsValidator);
+
+var summaries = BenchmarkSwitcher.FromAssembly(typeof(Overhead).Assembly)
+    .Run(rest.Length == 0 ? ["--filter", "*"] : rest, config);
+
+var failed = summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success));
+Console.WriteLine(failed ? "bench: some benchmarks failed" : "bench: all benchmarks ran");
+return failed ? 1 : 0;
