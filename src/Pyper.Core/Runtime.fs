@@ -30,8 +30,13 @@ type internal Sizer() =
         else
             max 1 (int (quantum / c))
 
-    member _.Record(items: int, start: int64) =
-        let sample = float (Stopwatch.GetTimestamp() - start) / float items
+    member this.Record(items: int, start: int64) =
+        this.RecordCost(items, Stopwatch.GetTimestamp() - start)
+
+    /// Records what `items` items cost, in Stopwatch ticks (for a process stage: the function's own
+    /// time in the worker, without the round trip, which batching is there to amortize).
+    member _.RecordCost(items: int, ticks: int64) =
+        let sample = float ticks / float items
         let c = costPerItem
         costPerItem <- if c < 0.0 then sample else (3.0 * c + sample) / 4.0
 
@@ -276,15 +281,15 @@ module internal Workers =
 
     /// The async map loop: fills `output[0..n-1]` with `runBatch input n output` for each batch,
     /// hands the results on (in input order when ordered) and releases the input.
-    let private mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task) (env: WorkerEnv<'a, 'b>) : Task =
+    /// `runBatch` answers what the batch cost, in Stopwatch ticks.
+    let private mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task<int64>) (env: WorkerEnv<'a, 'b>) : Task =
         let input = newBuf<'a>()
         let output = newBuf<'b>()
 
         eachBatchAsync env input (fun n ticket ->
             task {
-                let start = Stopwatch.GetTimestamp()
-                do! runBatch input n output
-                env.Sizer.Record(n, start)
+                let! cost = runBatch input n output
+                env.Sizer.RecordCost(n, cost)
                 Buffers.clear input n
 
                 if not (isNull env.Turnstile) then
@@ -302,14 +307,17 @@ module internal Workers =
     let mapPool (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
         let token = env.Ctx.Token
 
-        let runBatch (input: 'a[]) n (output: 'b[]) : Task =
+        let runBatch (input: 'a[]) n (output: 'b[]) : Task<int64> =
             task {
+                let start = Stopwatch.GetTimestamp()
                 let mutable i = 0
 
                 while i < n do
                     let! r = f input[i] token
                     output[i] <- r
                     i <- i + 1
+
+                return Stopwatch.GetTimestamp() - start
             }
 
         mapBatches runBatch env
@@ -400,7 +408,7 @@ module internal Workers =
                 stream <- new NetworkStream(accept.GetAwaiter().GetResult(), true)
                 do! Wire.write stream Wire.Init (fref.Encode()) token
 
-                let remote (input: 'a[]) n (output: 'b[]) : Task =
+                let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =
                     task {
                         let payload =
                             try
@@ -425,14 +433,21 @@ module internal Workers =
 
                         match reply with
                         | Some(kind, reply) when kind = Wire.Results ->
-                            let results = JsonSerializer.Deserialize<'b[]>(ReadOnlySpan reply, Wire.options)
+                            // The reply: the function's time in the worker (8 bytes), then the results.
+                            let cost =
+                                Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(ReadOnlySpan(reply, 0, 8))
+
+                            let results =
+                                JsonSerializer.Deserialize<'b[]>(ReadOnlySpan(reply, 8, reply.Length - 8), Wire.options)
+
                             Array.blit results 0 output 0 n
+                            return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
                         | Some(_, reply) ->
                             let failure =
                                 JsonSerializer.Deserialize<Wire.RemoteFailure>(ReadOnlySpan reply, Wire.options)
 
-                            raise (remoteFailure env.Name failure)
-                        | None -> raise (crashed ())
+                            return raise (remoteFailure env.Name failure)
+                        | None -> return raise (crashed ())
                     }
 
                 do! mapBatches remote env
