@@ -33,7 +33,7 @@ let exec exe arguments =
         eprintfn "build.fsx: '%s %s' failed with exit code %d" exe (String.concat " " arguments) code
         exit code
 
-/// Runs a program and returns what it printed.
+/// Runs a program and returns its exit code and what it printed.
 let capture (exe: string) (arguments: string list) =
     let psi =
         ProcessStartInfo(exe, WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = true)
@@ -42,7 +42,11 @@ let capture (exe: string) (arguments: string list) =
     use p = Process.Start psi
     let out = p.StandardOutput.ReadToEnd()
     p.WaitForExit()
-    out
+    p.ExitCode, out
+
+/// `dotnet run` arguments for a built project of the solution, then the program's own arguments.
+let runProject (project: string) (arguments: string list) =
+    [ "run"; "--project"; project; "-c"; "Release"; "--no-build"; "--" ] @ arguments
 
 /// paket.dependencies names its package source through PYPER_NUGET_SOURCE; unless it is set
 /// already, take the first enabled source of this machine's own NuGet configuration.
@@ -52,6 +56,7 @@ let setPackageSource () =
     | "" ->
         let enabled =
             capture "dotnet" [ "nuget"; "list"; "source"; "--format"; "short" ]
+            |> snd
             |> fun s -> s.Split('\n', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
             |> Array.tryPick (fun line ->
                 if line.StartsWith "E " then
@@ -83,10 +88,7 @@ let testSuite (project: string) (extra: string list) =
     let summary = Path.GetTempFileName()
 
     let code =
-        run
-            "dotnet"
-            ([ "run"; "--project"; project; "-c"; "Release"; "--no-build"; "--" ] @ extra)
-            [ ("PYPER_TEST_SUMMARY", summary) ]
+        run "dotnet" (runProject project extra) [ ("PYPER_TEST_SUMMARY", summary) ]
 
     let counts =
         match (File.ReadAllText summary).Split(' ', StringSplitOptions.RemoveEmptyEntries) with
@@ -99,14 +101,8 @@ let testSuite (project: string) (extra: string list) =
 
 /// Runs an F# script with dotnet fsi: one passed test when it exits 0 and prints `expected`.
 let script (path: string) (expected: string) =
-    let psi =
-        ProcessStartInfo("dotnet", WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = true)
-
-    [ "fsi"; path ] |> List.iter psi.ArgumentList.Add
-    use p = Process.Start psi
-    let out = p.StandardOutput.ReadToEnd()
-    p.WaitForExit()
-    let ok = p.ExitCode = 0 && out.Contains expected
+    let code, out = capture "dotnet" [ "fsi"; path ]
+    let ok = code = 0 && out.Contains expected
 
     printfn
         "%s: %s"
@@ -114,26 +110,13 @@ let script (path: string) (expected: string) =
         (if ok then
              $"passed ({expected})"
          else
-             $"FAILED (exit code {p.ExitCode}), printed:\n{out}")
+             $"FAILED (exit code {code}), printed:\n{out}")
 
     (if ok then 1 else 0), (if ok then 0 else 1)
 
 /// Builds and runs every benchmark once at a hundredth of its size, so the benchmarks cannot rot.
 let benchSmoke () =
-    let code =
-        run
-            "dotnet"
-            [
-                "run"
-                "--project"
-                "benchmarks/Pyper.Benchmarks"
-                "-c"
-                "Release"
-                "--no-build"
-                "--"
-                "--quick"
-            ]
-            []
+    let code = run "dotnet" (runProject "benchmarks/Pyper.Benchmarks" [ "--quick" ]) []
 
     printfn "benchmarks (smoke run): %s" (if code = 0 then "passed" else $"FAILED (exit code {code})")
     (if code = 0 then 1 else 0), (if code = 0 then 0 else 1)
@@ -159,7 +142,7 @@ let demo () =
 
     for sample in [ "samples/Readme.FSharp"; "samples/Readme.CSharp" ] do
         printfn "== %s" sample
-        exec "dotnet" [ "run"; "--project"; sample; "-c"; "Release"; "--no-build" ]
+        exec "dotnet" (runProject sample [])
 
 /// A bar chart (SVG) of a BenchmarkDotNet CSV report: one bar per method and parameter, in items/s
 /// (the report's mean is per item, thanks to OperationsPerInvoke).
@@ -216,18 +199,7 @@ let chart (csv: string) (svg: string) (title: string) =
 let bench (extra: string list) =
     build ()
 
-    exec
-        "dotnet"
-        ([
-            "run"
-            "--project"
-            "benchmarks/Pyper.Benchmarks"
-            "-c"
-            "Release"
-            "--no-build"
-            "--"
-         ]
-         @ extra)
+    exec "dotnet" (runProject "benchmarks/Pyper.Benchmarks" extra)
 
     let overhead =
         Path.Combine(root, "BenchmarkDotNet.Artifacts", "results", "Pyper.Benchmarks.Overhead-report.csv")
@@ -244,19 +216,7 @@ let bench (extra: string list) =
 let soak (cases: string) =
     build ()
 
-    exec
-        "dotnet"
-        [
-            "run"
-            "--project"
-            "tests/Pyper.Tests"
-            "-c"
-            "Release"
-            "--no-build"
-            "--"
-            "--soak"
-            cases
-        ]
+    exec "dotnet" (runProject "tests/Pyper.Tests" [ "--soak"; cases ])
 
 let format () =
     exec "dotnet" [ "tool"; "restore" ]
