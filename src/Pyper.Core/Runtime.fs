@@ -368,30 +368,35 @@ module internal Workers =
             let closing = ref false
 
             // One exception per crash, whether the socket or the Exited event reports it first.
-            let crash =
-                lazy
-                    (proc.WaitForExit 1000 |> ignore
+            // (WaitForExit may raise Exited on this very thread: no lazy value, just the first one kept.)
+            let crash = ref Unchecked.defaultof<RemoteStageException>
 
-                     let code =
-                         if proc.HasExited then
-                             Nullable proc.ExitCode
-                         else
-                             Nullable()
+            let crashWith (code: Nullable<int>) =
+                let e =
+                    RemoteStageException(
+                        $"Stage '{env.Name}': worker process {pid} exited unexpectedly (exit code {code}).",
+                        "",
+                        "",
+                        code
+                    )
 
-                     RemoteStageException(
-                         $"Stage '{env.Name}': worker process {pid} exited unexpectedly (exit code {code}).",
-                         "",
-                         "",
-                         code
-                     ))
+                let first = Interlocked.CompareExchange(&crash.contents, e, Unchecked.defaultof<_>)
+                if isNull (box first) then e else first
 
-            let crashed () = crash.Force()
+            let crashed () =
+                crashWith (
+                    if proc.WaitForExit 1000 then
+                        Nullable proc.ExitCode
+                    else
+                        Nullable()
+                )
+
             // A worker that dies while idle fails the run at once, not at its next batch.
             proc.EnableRaisingEvents <- true
 
             proc.Exited.Add(fun _ ->
                 if not (Volatile.Read &closing.contents) then
-                    env.Ctx.Fail(env.Name, crashed ()))
+                    env.Ctx.Fail(env.Name, crashWith (Nullable proc.ExitCode)))
 
             try
                 let accept = listener.AcceptAsync(token).AsTask()
