@@ -102,8 +102,6 @@ type internal BatchQueue<'T>(capacity: int) =
         if bound <> Int32.MaxValue then
             bound <- bound + n
 
-    /// The bound on occupied items (Int32.MaxValue when unbounded).
-    member _.Bound = bound
 
     /// Room left for writers (a snapshot; only the single writer of a source queue relies on it).
     member _.Free = bound - occupied

@@ -66,8 +66,6 @@ type internal RunContext(userToken: CancellationToken) =
     /// The run's token: cancelled on failure, on the user's cancellation and on early stop.
     member _.Token = cts.Token
 
-    /// The user's token.
-    member _.UserToken = userToken
 
     /// The first failure, or null.
     member _.Error = Volatile.Read &error
