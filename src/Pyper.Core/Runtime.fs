@@ -87,11 +87,7 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
         k = buf.Length || ((eager || output.HasWaitingReader) && this.CanFlushNow)
 
     /// True when the buffer holds items that may be handed on now without waiting for the turn.
-    member _.CanFlushNow =
-        k > 0
-        && (hasTurn
-            || (hasTurn <- isNull (turnstile.WaitTurn ticket)
-                hasTurn))
+    member this.CanFlushNow = k > 0 && isNull (this.TryTurn())
 
     /// Null when the buffer may be handed on now, else the turn to wait for before asking again.
     member _.TryTurn() : Task =
@@ -105,13 +101,25 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
 
             w
 
-    member _.Buffer = buf
     member _.Count = k
 
-    /// Clears the buffer after its items were written.
-    member _.Flushed() =
+    member private _.Flushed() =
         Buffers.clear buf k
         k <- 0
+
+    /// Hands the buffer on, blocking for the turn and for room.
+    member this.Emit() =
+        Wait.until this.TryTurn
+        Wait.write output buf k
+        this.Flushed()
+
+    /// Hands the buffer on, awaiting the turn and room.
+    member this.EmitAsync() : Task =
+        task {
+            do! Wait.untilAsync this.TryTurn
+            do! Wait.writeAsync output buf k
+            this.Flushed()
+        }
 
     member _.End() =
         if not (isNull turnstile) then
@@ -481,18 +489,6 @@ module internal Workers =
         }
 
     /// Hands on the emitter's buffer, blocking for the turn and for room.
-    let private emit (em: Emitter<'b>) (q: BatchQueue<'b>) =
-        Wait.until em.TryTurn
-        Wait.write q em.Buffer em.Count
-        em.Flushed()
-
-    let private emitAsync (em: Emitter<'b>) (q: BatchQueue<'b>) : Task =
-        task {
-            do! Wait.untilAsync em.TryTurn
-            do! Wait.writeAsync q em.Buffer em.Count
-            em.Flushed()
-        }
-
     /// True when enumerating `items` may block between items (it is not an in-memory collection):
     /// each item is then handed on at once instead of waiting in a batch.
     let mayBlock (items: seq<'T>) =
@@ -501,34 +497,26 @@ module internal Workers =
         | :? IReadOnlyCollection<'T> -> false
         | _ -> true
 
-    let private pour (em: Emitter<'b>) (q: BatchQueue<'b>) (items: seq<'b>) =
+    let private pour (em: Emitter<'b>) (items: seq<'b>) =
         let eager = mayBlock items
         use e = items.GetEnumerator()
 
         while e.MoveNext() do
             if em.Add(e.Current, eager) then
-                emit em q
+                em.Emit()
 
     /// Hands on, without waiting for the turn, whatever the emitter holds.
-    let private flushNow (em: Emitter<'b>) (q: BatchQueue<'b>) : Task =
+    let private flushNow (em: Emitter<'b>) : Task =
         if em.CanFlushNow then
-            task {
-                do! Wait.writeAsync q em.Buffer em.Count
-                em.Flushed()
-            }
+            em.EmitAsync()
         else
             Task.CompletedTask
 
-    let private pourAsync
-        (em: Emitter<'b>)
-        (q: BatchQueue<'b>)
-        (items: IAsyncEnumerable<'b>)
-        (token: CancellationToken)
-        : Task =
+    let private pourAsync (em: Emitter<'b>) (items: IAsyncEnumerable<'b>) (token: CancellationToken) : Task =
         // Whatever is buffered is handed on before waiting for an item that is not ready yet.
-        AsyncStream.forEach items token (fun () -> flushNow em q) (fun x ->
+        AsyncStream.forEach items token (fun () -> flushNow em) (fun x ->
             if em.Add(x, false) then
-                emitAsync em q
+                em.EmitAsync()
             else
                 Task.CompletedTask)
 
@@ -541,11 +529,11 @@ module internal Workers =
             let start = Stopwatch.GetTimestamp()
 
             for i in 0 .. n - 1 do
-                pour em env.Output (f input[i])
+                pour em (f input[i])
 
             env.Sizer.Record(n, start)
             Buffers.clear input n
-            emit em env.Output
+            em.Emit()
             em.End()
             env.Input.Release n)
 
@@ -561,20 +549,20 @@ module internal Workers =
                 let mutable i = 0
 
                 while i < n do
-                    do! pourAsync em env.Output (f input[i] token) token
+                    do! pourAsync em (f input[i] token) token
                     i <- i + 1
 
                 env.Sizer.Record(n, start)
                 Buffers.clear input n
-                do! emitAsync em env.Output
+                do! em.EmitAsync()
                 em.End()
                 env.Input.Release n
             })
 
     let joinThread (f: seq<'a> -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
         let em = Emitter<'b>(env.Output, null)
-        pour em env.Output (f (QueueStream env.Input))
-        emit em env.Output
+        pour em (f (QueueStream env.Input))
+        em.Emit()
 
     let joinPool
         (f: IAsyncEnumerable<'a> -> CancellationToken -> IAsyncEnumerable<'b>)
@@ -583,8 +571,8 @@ module internal Workers =
         task {
             let em = Emitter<'b>(env.Output, null)
             let token = env.Ctx.Token
-            do! pourAsync em env.Output (f (QueueStream env.Input) token) token
-            do! emitAsync em env.Output
+            do! pourAsync em (f (QueueStream env.Input) token) token
+            do! em.EmitAsync()
         }
 
     /// Groups items into arrays of `size`; with a timeout, a partial group leaves
@@ -740,18 +728,15 @@ module internal Wiring =
             // further ahead than the queue's bound.
             while go do
                 if em.Count >= q.Free then
-                    Wait.write q em.Buffer em.Count
-                    em.Flushed()
+                    em.Emit()
                     Wait.room q
 
                 go <- e.MoveNext()
 
                 if go && em.Add(e.Current, eager) then
-                    Wait.write q em.Buffer em.Count
-                    em.Flushed()
+                    em.Emit()
 
-            Wait.write q em.Buffer em.Count
-            em.Flushed()
+            em.Emit()
             q.Complete()
 
         ctx.OnStart(fun () ->
@@ -777,8 +762,7 @@ module internal Wiring =
 
                 let flush () : Task =
                     task {
-                        do! Wait.writeAsync q em.Buffer em.Count
-                        em.Flushed()
+                        do! em.EmitAsync()
                         do! Wait.roomAsync q
                     }
 
@@ -797,8 +781,7 @@ module internal Wiring =
                         (fun () -> if em.Count > 0 then flush () else Task.CompletedTask)
                         add
 
-                do! Wait.writeAsync q em.Buffer em.Count
-                em.Flushed()
+                do! em.EmitAsync()
                 q.Complete()
             }
 
