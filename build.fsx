@@ -90,14 +90,17 @@ let testSuite (project: string) (extra: string list) =
     let code =
         run "dotnet" (runProject project extra) [ ("PYPER_TEST_SUMMARY", summary) ]
 
-    let counts =
+    let reported =
         match (File.ReadAllText summary).Split(' ', StringSplitOptions.RemoveEmptyEntries) with
         | [| p; f |] -> int p, int f
         | _ -> 0, 1 // the suite did not report: count it as a failure
 
     File.Delete summary
-    let passed, failed = counts
+    let passed, failed = reported
     passed, (if code <> 0 && failed = 0 then 1 else failed)
+
+/// One check as (passed, failed) counts.
+let counts ok = if ok then 1, 0 else 0, 1
 
 /// Runs an F# script with dotnet fsi: one passed test when it exits 0 and prints `expected`.
 let script (path: string) (expected: string) =
@@ -112,14 +115,14 @@ let script (path: string) (expected: string) =
          else
              $"FAILED (exit code {code}), printed:\n{out}")
 
-    (if ok then 1 else 0), (if ok then 0 else 1)
+    counts ok
 
 /// Builds and runs every benchmark once at a hundredth of its size, so the benchmarks cannot rot.
 let benchSmoke () =
     let code = run "dotnet" (runProject "benchmarks/Pyper.Benchmarks" [ "--quick" ]) []
 
     printfn "benchmarks (smoke run): %s" (if code = 0 then "passed" else $"FAILED (exit code {code})")
-    (if code = 0 then 1 else 0), (if code = 0 then 0 else 1)
+    counts (code = 0)
 
 let test () =
     build ()
