@@ -52,7 +52,6 @@ type internal RunContext(userToken: CancellationToken) =
     let abortables = List<IAbortable>()
     let starters = List<unit -> unit>()
     let workers = List<Task>()
-    let threads = List<Thread>()
     let mutable error: exn = null
     let mutable stages = 0
     let mutable registration = Unchecked.defaultof<CancellationTokenRegistration>
@@ -122,26 +121,20 @@ type internal RunContext(userToken: CancellationToken) =
         | :? OperationCanceledException -> cts.IsCancellationRequested
         | _ -> false
 
-    /// Runs a worker on a dedicated thread; `body` never throws (see `Guard`).
+    /// Runs a worker on a dedicated thread (see `DedicatedThreads`); `body` never throws (see `Guard`).
     member _.StartThread(name: string, body: unit -> unit) =
         let done' = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
-
-        let t =
-            Thread(
-                (fun () ->
-                    try
-                        body ()
-                    finally
-                        Live.threadEnded ()
-                        done'.SetResult()),
-                IsBackground = true,
-                Name = name
-            )
-
         Live.threadStarted ()
-        threads.Add t
         workers.Add done'.Task
-        t.Start()
+
+        DedicatedThreads.start
+            name
+            (fun () ->
+                try
+                    body ()
+                finally
+                    Live.threadEnded ())
+            done'.SetResult
 
     /// Runs an async worker on the thread pool; `body` never throws (see `Guard`).
     member _.StartTask(body: unit -> Task) =
@@ -172,14 +165,10 @@ type internal RunContext(userToken: CancellationToken) =
     /// Releases a run that never started.
     member _.DisposeUnstarted() = cts.Dispose()
 
-    /// Completes when every worker of the run has finished and its threads have exited.
+    /// Completes when every worker of the run has finished and its threads have parked.
     member _.WhenFinished() : Task =
         task {
             do! Task.WhenAll(workers)
-
-            for t in threads do
-                t.Join()
-
             registration.Dispose()
             cts.Dispose()
         }

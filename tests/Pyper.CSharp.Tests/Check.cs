@@ -57,6 +57,9 @@ internal static class Check
         Equal(Live.threadCount(), 0, "live worker threads");
         Equal(Live.taskCount(), 0, "live async workers");
         Equal(Live.processCount(), 0, "live worker processes");
+        foreach (var name in PyperOsThreads())
+            Equal(name, DedicatedThreads.IdleName, "every Pyper thread left has parked");
+        DedicatedThreads.retireIdle();
         var gone = SpinWait.SpinUntil(() => PyperOsThreads().Length == 0, HangGuard);
         True(gone, $"Pyper OS threads left: {string.Join(", ", PyperOsThreads())}");
     }

@@ -50,11 +50,17 @@ do
         Interlocked.Increment &unobserved.contents |> ignore
         e.SetObserved())
 
-/// Asserts that no worker thread or async worker of any run is alive, and that no OS thread
-/// of a run is left (an exited thread may linger in /proc for an instant: polled, with a hang guard).
+/// Asserts that no worker thread or async worker of any run is alive, that every dedicated
+/// thread has parked, and that none is left once the parked ones retire (an exited thread may
+/// linger in /proc for an instant: polled, with a hang guard).
 let assertNoLeaks () =
     Expect.equal (Live.threadCount ()) 0 "no worker thread of a run is alive"
     Expect.equal (Live.taskCount ()) 0 "no async worker of a run is alive"
+
+    for name in pyperOsThreads () do
+        Expect.equal name DedicatedThreads.IdleName "every Pyper thread left has parked"
+
+    DedicatedThreads.retireIdle ()
 
     if not (SpinWait.SpinUntil((fun () -> Array.isEmpty (pyperOsThreads ())), hangGuard)) then
         failtestf "Pyper OS threads are left: %A" (pyperOsThreads ())

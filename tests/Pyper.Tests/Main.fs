@@ -16,6 +16,7 @@ let private all =
             JoinTests.tests
             BatchTests.tests
             RunTests.tests
+            DedicatedThreadTests.tests
             LawTests.tests
             ProcessTests.tests
             Campaign.tests

@@ -1,0 +1,88 @@
+/// The dedicated threads of blocking workers: parked between runs, retired after the keep-alive.
+module Pyper.Tests.DedicatedThreadTests
+
+open System
+open System.IO
+open System.Threading
+open Expecto
+open Pyper
+open Pyper.FSharp
+open Pyper.Tests.Helpers
+
+/// Runs `body` with the keep-alive set to `ms`, then restores the default.
+let private withKeepAlive (ms: int) (body: unit -> unit) =
+    AppContext.SetData(DedicatedThreads.KeepAliveSetting, ms)
+
+    try
+        body ()
+    finally
+        AppContext.SetData(DedicatedThreads.KeepAliveSetting, null)
+
+/// Runs 60 items through a 3-worker blocking stage.
+let private aRun () =
+    let p = Stage.map ((fun (x: int) -> x + 1), workers = 3, name = "reuse")
+    Expect.equal (List.sum (collect (Pipeline.toSeqFrom [ 1..60 ] p))) (List.sum [ 2..61 ]) "results"
+
+/// The OS ids of this process's threads named "Pyper/...".
+let private pyperTids () =
+    Directory.GetDirectories "/proc/self/task"
+    |> Array.filter (fun d ->
+        try
+            File.ReadAllText(Path.Combine(d, "comm")).StartsWith "Pyper/"
+        with _ ->
+            false)
+    |> Array.map Path.GetFileName
+    |> Set.ofArray
+
+let tests =
+    testList
+        "dedicated threads"
+        [
+            leakTest "a finished run leaves its threads parked, named idle, and later runs take them" (fun () ->
+                withKeepAlive 60_000 (fun () ->
+                    DedicatedThreads.retireIdle ()
+                    aRun ()
+                    let parked = DedicatedThreads.idleCount ()
+                    Expect.isGreaterThan parked 0 "the run's threads park when it is done"
+                    Expect.all (pyperOsThreads ()) ((=) DedicatedThreads.IdleName) "parked threads are named idle"
+                    let first = pyperTids ()
+                    Expect.equal first.Count parked "one OS thread per parked thread"
+
+                    for _ in 1..5 do
+                        aRun ()
+
+                    // A run needs at most 4 threads at once (3 workers and the source's): later runs
+                    // take the parked ones and start at most the one that may have been missing.
+                    let later = pyperTids ()
+                    Expect.isTrue (Set.isSubset first later) "the first run's threads are still there"
+                    Expect.isLessThanOrEqual (later.Count - first.Count) (4 - parked) "no thread is added beyond need"
+                    Expect.equal (DedicatedThreads.idleCount ()) later.Count "all of them parked"))
+
+            leakTest "parked threads exit once the keep-alive runs out" (fun () ->
+                withKeepAlive 50 (fun () ->
+                    DedicatedThreads.retireIdle ()
+                    aRun ()
+                    waitUntil "parked threads retire" (fun () -> DedicatedThreads.idleCount () = 0)
+                    waitUntil "their OS threads exit" (fun () -> Array.isEmpty (pyperOsThreads ()))))
+
+            leakTest "keep-alive 0: each thread exits as soon as its worker is done" (fun () ->
+                withKeepAlive 0 (fun () ->
+                    DedicatedThreads.retireIdle ()
+                    aRun ()
+                    waitUntil "threads exit" (fun () -> Array.isEmpty (pyperOsThreads ()))
+                    Expect.equal (DedicatedThreads.idleCount ()) 0 "none parked"))
+
+            leakTest "a thread taken from the cache is renamed after its new stage" (fun () ->
+                withKeepAlive 60_000 (fun () ->
+                    aRun ()
+
+                    let names =
+                        Stage.map ((fun (_: int) -> Thread.CurrentThread.Name), workers = 2, name = "renamed")
+                        |> Pipeline.toSeqFrom [ 1..20 ]
+                        |> collect
+                        |> Set.ofList
+
+                    Expect.isTrue
+                        (names |> Set.forall (fun n -> n.StartsWith "Pyper/renamed/"))
+                        $"named after the stage: %A{names}"))
+        ]
