@@ -11,6 +11,7 @@ open System.Runtime.CompilerServices
 open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
+open System.Threading.Tasks.Sources
 
 /// Adapts a stage's batch size to its function's cost: cheap functions move up to
 /// `MaxBatch` items at once, slow ones one at a time (so many workers share the work
@@ -593,9 +594,12 @@ module internal Workers =
                 Wait.writeAsync env.Output one 1
 
             while go do
-                let struct (n, _, wait) = env.Input.TryTake(take, min take.Length (size - k), true)
+                let struct (n, _, waiter) =
+                    env.Input.TryTake(take, min take.Length (size - k), true, null)
 
-                if not (isNull wait) then
+                if not (isNull waiter) then
+                    let wait = Wait.taskOf waiter
+
                     match timeout with
                     | Some _ when k > 0 ->
                         let remaining = deadline - Stopwatch.GetTimestamp()
@@ -713,7 +717,8 @@ module internal Wiring =
         q.Complete()
         q
 
-    /// The source queue of a run over a blocking sequence, filled by its own thread.
+    /// The source queue of a run over a sequence, filled by a dedicated thread (reading a
+    /// sequence may block; on a thread of its own it waits for room without allocating).
     let ofSeq (source: seq<'a>) (ctx: RunContext) =
         let q = BatchQueue<'a>(Tuning.SourceReadAhead)
         ctx.Register q
@@ -796,7 +801,15 @@ module internal Wiring =
 
         q
 
-/// One run of a pipeline, as the consumer's enumerator. Nothing starts before the first MoveNextAsync.
+/// Streams of runs that a blocking consumer can enumerate directly, without the async path.
+type internal IBlockingRuns<'b> =
+    /// Starts a run (lazily, on the first MoveNext) as a blocking enumerator.
+    abstract Open: CancellationToken -> IEnumerator<'b>
+
+/// One run of a pipeline, as the consumer's enumerator: awaited (IAsyncEnumerator) or
+/// blocking (`MoveNextBlocking`, for `toSeq`). Nothing starts before the first move. Waiting
+/// for results allocates nothing: a blocking consumer waits with its thread's waiter, an
+/// awaiting one gets a ValueTask backed by the run itself, completed when its wait is signalled.
 [<Sealed>]
 type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> BatchQueue<'a>, token: CancellationToken) =
     let ctx = RunContext token
@@ -806,6 +819,10 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
     let mutable len = 0
     let mutable current = Unchecked.defaultof<'b>
     let mutable finished: Task = null
+
+    /// The pending MoveNextAsync, when it had to wait.
+    let mutable pending =
+        ManualResetValueTaskSourceCore<bool>(RunContinuationsAsynchronously = true)
 
     let finish () =
         if isNull finished then
@@ -834,73 +851,148 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
                 return false
         }
 
+    /// The results ended: wait for every worker, then answer false or raise the failure.
+    let ended () : Task<bool> =
+        task {
+            do! finish ()
+
+            if not (isNull ctx.Error) then
+                return! stopped ()
+            else
+                return false
+        }
+
     let next () =
         current <- buf[pos]
         buf[pos] <- Unchecked.defaultof<'b>
         pos <- pos + 1
         true
 
-    let refill () : ValueTask<bool> =
-        try
-            if isNull final then
-                start ()
+    /// Hands the consumed batch's room back and tries to take the next batch: Some true when
+    /// one landed, None when `waiter` was registered, else the end (Some false).
+    let tryRefill (waiter: IWaiter) =
+        if isNull final then
+            start ()
 
+        if len > 0 then
             final.Release len
             len <- 0
             pos <- 0
-            let t = Wait.takeAsync final buf Tuning.MaxBatch false
 
-            let landed (struct (n, _)) : ValueTask<bool> =
-                if n > 0 then
-                    len <- n
-                    ValueTask<bool>(next ())
-                else
-                    ValueTask<bool>(
-                        task {
-                            do! finish ()
+        let struct (n, _, wait) = final.TryTake(buf, Tuning.MaxBatch, false, waiter)
 
-                            if not (isNull ctx.Error) then
-                                return! stopped ()
-                            else
-                                return false
-                        }
-                    )
+        if n > 0 then
+            len <- n
+            ValueSome true
+        elif isNull wait then
+            ValueSome false
+        else
+            ValueNone
 
-            if t.IsCompletedSuccessfully then
-                landed t.Result
-            else
-                ValueTask<bool>(
-                    task {
-                        try
-                            let! r = t
-                            return! (landed r).AsTask()
-                        with :? RunAbortedException ->
-                            return! stopped ()
-                    }
-                )
-        with :? RunAbortedException ->
-            ValueTask<bool>(stopped ())
+    /// Completes the pending MoveNextAsync with what `t` answers.
+    member private this.Complete(t: Task<bool>) =
+        t.ContinueWith(
+            (fun (t: Task<bool>) ->
+                try
+                    pending.SetResult(t.GetAwaiter().GetResult() && next ())
+                with e ->
+                    pending.SetException e),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default
+        )
+        |> ignore
+
+    /// Moves to the next result, blocking the calling thread while none is ready.
+    member _.MoveNextBlocking() =
+        let sync (t: Task<bool>) = t.GetAwaiter().GetResult()
+
+        if pos < len then
+            next ()
+        else
+            try
+                let me = BlockingWaiter.ForThisThread
+                let mutable answer = ValueNone
+
+                while answer.IsNone do
+                    answer <- tryRefill me
+
+                    if answer.IsNone then
+                        me.Wait()
+
+                if answer.Value then next () else sync (ended ())
+            with :? RunAbortedException ->
+                sync (stopped ())
+
+    /// Stops the run (if it started) and waits until all of it is gone.
+    member _.Stop() : Task =
+        if isNull final then
+            ctx.DisposeUnstarted()
+            Task.CompletedTask
+        else
+            ctx.Cancel()
+            finish ()
+
+    interface IWaiter with
+        /// The wait of a pending MoveNextAsync is over: take the batch (or see the end).
+        member this.Signal() =
+            try
+                match tryRefill this with
+                | ValueSome true -> pending.SetResult(next ())
+                | ValueSome false -> this.Complete(ended ())
+                | ValueNone -> () // registered again (cannot happen with one reader, but harmless)
+            with
+            | :? RunAbortedException -> this.Complete(stopped ())
+            | e -> pending.SetException e
+
+    interface IValueTaskSource<bool> with
+        member _.GetResult(version) = pending.GetResult version
+        member _.GetStatus(version) = pending.GetStatus version
+
+        member _.OnCompleted(continuation, state, version, flags) =
+            pending.OnCompleted(continuation, state, version, flags)
 
     interface IAsyncEnumerator<'b> with
         member _.Current = current
 
-        member _.MoveNextAsync() =
-            if pos < len then ValueTask<bool>(next ()) else refill ()
-
-        member _.DisposeAsync() =
-            if isNull final then
-                ctx.DisposeUnstarted()
-                ValueTask()
+        member this.MoveNextAsync() =
+            if pos < len then
+                ValueTask<bool>(next ())
             else
-                ctx.Cancel()
-                ValueTask(finish ())
+                try
+                    pending.Reset()
 
-/// A pipeline applied to its input, enumerable any number of times (each enumeration is a new run).
+                    match tryRefill this with
+                    | ValueSome true -> ValueTask<bool>(next ())
+                    | ValueSome false -> ValueTask<bool>(ended ())
+                    | ValueNone -> ValueTask<bool>(this, pending.Version)
+                with :? RunAbortedException ->
+                    ValueTask<bool>(stopped ())
+
+        member this.DisposeAsync() = ValueTask(this.Stop())
+
+    interface IEnumerator<'b> with
+        member _.Current = current
+
+    interface Collections.IEnumerator with
+        member _.Current = box current
+        member this.MoveNext() = this.MoveNextBlocking()
+        member _.Reset() = raise (NotSupportedException())
+
+    interface IDisposable with
+        member this.Dispose() = this.Stop().GetAwaiter().GetResult()
+
+/// A pipeline applied to its input, enumerable any number of times (each enumeration is a new
+/// run), awaited or blocking.
 [<Sealed>]
 type internal RunSource<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> BatchQueue<'a>) =
     interface IAsyncEnumerable<'b> with
         member _.GetAsyncEnumerator(token) =
             new Run<'a, 'b>(pipeline, source, token) :> IAsyncEnumerator<'b>
+
+    interface IBlockingRuns<'b> with
+        member _.Open(token) =
+            new Run<'a, 'b>(pipeline, source, token) :> IEnumerator<'b>
 
 /// A run as a blocking sequence: each enumeration is a new run; breaking out of the loop stops it.
 /// Failures surface as the original exception, never wrapped.
@@ -914,21 +1006,24 @@ type internal BlockingRun<'b>(results: IAsyncEnumerable<'b>, token: Cancellation
 
     interface IEnumerable<'b> with
         member _.GetEnumerator() : IEnumerator<'b> =
-            let run = results.GetAsyncEnumerator token
+            match results with
+            | :? IBlockingRuns<'b> as runs -> runs.Open token // our own runs block without allocating
+            | _ ->
+                let run = results.GetAsyncEnumerator token
 
-            { new IEnumerator<'b> with
-                member _.Current = run.Current
-              interface Collections.IEnumerator with
-                  member _.Current = box run.Current
-                  member _.MoveNext() = wait (run.MoveNextAsync())
-                  member _.Reset() = raise (NotSupportedException())
-              interface IDisposable with
-                  member _.Dispose() =
-                      let t = run.DisposeAsync()
+                { new IEnumerator<'b> with
+                    member _.Current = run.Current
+                  interface Collections.IEnumerator with
+                      member _.Current = box run.Current
+                      member _.MoveNext() = wait (run.MoveNextAsync())
+                      member _.Reset() = raise (NotSupportedException())
+                  interface IDisposable with
+                      member _.Dispose() =
+                          let t = run.DisposeAsync()
 
-                      if not t.IsCompletedSuccessfully then
-                          t.AsTask().GetAwaiter().GetResult()
-            }
+                          if not t.IsCompletedSuccessfully then
+                              t.AsTask().GetAwaiter().GetResult()
+                }
 
         member this.GetEnumerator() : Collections.IEnumerator =
             (this :> IEnumerable<'b>).GetEnumerator()

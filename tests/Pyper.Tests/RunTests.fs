@@ -39,16 +39,21 @@ let tests =
                 Expect.equal (sorted (collect (Pipeline.toSeq 3 p))) [ 2; 4; 6 ] "another input")
 
             leakTest "the first failure in time wins, not the earliest stage's" (fun () ->
-                use laterFailed = new ManualResetEventSlim()
-
+                // The early stage fails only once the run has stopped because of the later one.
                 let early =
-                    Stage.map (
-                        (fun (x: int) ->
-                            if x = 5 then
-                                laterFailed.Wait hangGuard |> ignore
-                                failwith "early stage, second in time"
+                    Stage.mapTask (
+                        (fun (x: int) (stop: CancellationToken) ->
+                            task {
+                                if x = 5 then
+                                    try
+                                        do! Task.Delay(hangGuard, stop)
+                                    with :? OperationCanceledException ->
+                                        ()
 
-                            x),
+                                    failwith "early stage, second in time"
+
+                                return x
+                            }),
                         name = "early"
                     )
 
@@ -56,7 +61,6 @@ let tests =
                     Stage.map (
                         (fun (x: int) ->
                             if x = 1 then
-                                laterFailed.Set()
                                 raise (Boom 1)
 
                             x),
