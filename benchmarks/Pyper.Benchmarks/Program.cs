@@ -8,6 +8,11 @@ using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using Pyper.Benchmarks;
 
+// dotnet fsi build.fsx profile runs one scenario in a loop under dotnet-trace:
+//   --loop <F#|C#|Dataflow|Channels> <workers> <seconds>   3 trivial stages over 1,000,000 ints
+if (args is ["--loop", var who, var workers, var seconds])
+    return Loop.Overhead(who, int.Parse(workers), TimeSpan.FromSeconds(int.Parse(seconds)));
+
 var quick = args.Contains("--quick");
 Size.Quick = quick;
 var rest = args.Where(a => a != "--quick").ToArray();

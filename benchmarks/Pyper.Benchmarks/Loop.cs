@@ -1,0 +1,40 @@
+using System.Diagnostics;
+
+namespace Pyper.Benchmarks;
+
+/// <summary>One scenario in a loop, for a profiler to watch (dotnet fsi build.fsx profile).</summary>
+public static class Loop
+{
+    /// <summary>Runs scenario 1 (3 trivial stages, 1,000,000 ints) with one system until <paramref name="time"/> is up.</summary>
+    public static int Overhead(string who, int workers, TimeSpan time)
+    {
+        var source = Enumerable.Range(0, Benchmarks.Overhead.Items).ToArray();
+        var inc = Work.Of(x => x + 1);
+        var csharp = Peers.CSharpPipeline(3, workers, Stage.DefaultCapacity, inc);
+        var fsharp = Peers.FSharpPipeline(3, workers, Stage.DefaultCapacity, inc);
+        Func<long> once = who switch
+        {
+            "F#" => () => Peers.RunFSharp(fsharp, source),
+            "C#" => () => Peers.RunCSharp(csharp, source).Result,
+            "Dataflow" => () => Peers.Dataflow(source, 3, workers, Stage.DefaultCapacity, inc).Result,
+            "Channels" => () => Peers.Channels(source, 3, workers, Stage.DefaultCapacity, inc).Result,
+            _ => throw new ArgumentException($"--loop: unknown system '{who}' (F#, C#, Dataflow, Channels)"),
+        };
+
+        once();
+        var allocated = GC.GetTotalAllocatedBytes(precise: true);
+        var clock = Stopwatch.StartNew();
+        var runs = 0;
+        while (clock.Elapsed < time)
+        {
+            once();
+            runs++;
+        }
+
+        var items = (double)runs * source.Length;
+        var perItem = clock.Elapsed.TotalNanoseconds / items;
+        var bytes = (GC.GetTotalAllocatedBytes(precise: true) - allocated) / items;
+        Console.WriteLine($"{who}, {workers} worker(s): {runs} runs, {perItem:F1} ns/item, {1000 / perItem:F1}M items/s, {bytes:F2} B/item");
+        return 0;
+    }
+}
