@@ -17,9 +17,17 @@ open System.Threading.Tasks.Sources
 /// `MaxBatch` items at once, slow ones one at a time (so many workers share the work
 /// and results flow out at once). It starts at one item, knowing nothing.
 [<Sealed>]
-type internal Sizer() =
-    static let quantum = float Stopwatch.Frequency / 10_000.0 // 100 µs of work per batch
+type internal Sizer(quantum: float) =
     let mutable costPerItem = -1.0
+
+    /// A sizer for in-process stages: 100 µs of work per batch, far above a hand-off's cost (about 1 µs).
+    static member InProcess() =
+        Sizer(float Stopwatch.Frequency / 10_000.0)
+
+    /// A sizer for process stages: 2 ms of work per batch. A round trip costs the parent about 150 µs
+    /// of CPU (measured: 2 ms batches cut the parent's CPU by a third for 0.8 ms items).
+    static member Remote() =
+        Sizer(float Stopwatch.Frequency / 500.0)
 
     member _.Limit =
         let c = costPerItem
@@ -661,7 +669,11 @@ module internal Wiring =
                     Input = input
                     Output = output
                     Turnstile = turnstile
-                    Sizer = Sizer()
+                    Sizer =
+                        if info.Executor = Executor.Process then
+                            Sizer.Remote()
+                        else
+                            Sizer.InProcess()
                 }
 
             let remaining = ref info.Workers

@@ -186,4 +186,47 @@ let tests =
                     (p.Stages |> List.map (fun s -> s.Executor))
                     [ Executor.Thread; Executor.Thread ]
                     "executors")
+
+            testCase "batches carry about 100 µs of work in-process and 2 ms across processes" (fun () ->
+                let ms = float Diagnostics.Stopwatch.Frequency / 1000.0
+                let local = Sizer.InProcess()
+                let remote = Sizer.Remote()
+                Expect.equal (local.Limit, remote.Limit) (1, 1) "one item while the cost is unknown"
+                local.RecordCost(100, int64 (0.001 * ms)) // 10 ns per item
+                Expect.equal local.Limit Tuning.MaxBatch "cheap items: full batches"
+                let slow = Sizer.InProcess()
+                slow.RecordCost(1, int64 (0.02 * ms)) // 20 µs per item
+                Expect.equal slow.Limit 5 "20 µs items: 5 per batch"
+                remote.RecordCost(1, int64 (0.8 * ms)) // 0.8 ms per item
+                Expect.equal remote.Limit 2 "0.8 ms items across processes: 2 per batch")
+
+            leakTest "waiting for items allocates nothing per batch: 3 stages stay under 1 byte per item" (fun () ->
+                let inc = Stage.map ((fun (x: int) -> x + 1), name = "inc")
+                let p = inc >=> inc >=> inc
+                let source = Array.init 200_000 id
+
+                let awaited () =
+                    (task {
+                        let e = (Pipeline.streamFromSeq source p).GetAsyncEnumerator()
+                        let mutable n = 0
+
+                        while! e.MoveNextAsync() do
+                            n <- n + 1
+
+                        do! e.DisposeAsync()
+                        return n
+                    })
+                        .Result
+
+                for consumer, count in
+                    [
+                        "blocking", (fun () -> Seq.length (Pipeline.toSeqFrom source p))
+                        "awaiting", awaited
+                    ] do
+                    count () |> ignore // warm up
+                    let before = GC.GetTotalAllocatedBytes true
+                    let n = count ()
+                    let perItem = float (GC.GetTotalAllocatedBytes true - before) / float n
+                    Expect.equal n source.Length $"{consumer}: every item"
+                    Expect.isLessThan perItem 1.0 $"{consumer}: bytes per item: {perItem:F2}")
         ]
