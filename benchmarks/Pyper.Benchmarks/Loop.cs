@@ -5,6 +5,27 @@ namespace Pyper.Benchmarks;
 /// <summary>One scenario in a loop, for a profiler to watch (dotnet fsi build.fsx profile).</summary>
 public static class Loop
 {
+    /// <summary>Runs scenario 4 (CPU-bound, 400 items) on worker processes until <paramref name="time"/> is up;
+    /// with 1 item, it measures what starting and stopping the worker processes costs.</summary>
+    public static int Processes(int items, int workers, TimeSpan time)
+    {
+        var source = Enumerable.Range(0, items).ToArray();
+        var processes = Pyper.Pipeline.Start<int>().Map(CpuBound.Crunch, workers: workers, multiprocess: true);
+        Peers.RunCSharp(processes, source).Wait();
+        var clock = Stopwatch.StartNew();
+        var runs = 0;
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+        while (clock.Elapsed < time)
+        {
+            Peers.RunCSharp(processes, source).Wait();
+            runs++;
+        }
+
+        var parentCpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMilliseconds / runs;
+        Console.WriteLine($"processes, {items} item(s), {workers} worker(s): {runs} runs, {clock.Elapsed.TotalMilliseconds / runs:F1} ms per run, parent CPU {parentCpu:F1} ms per run");
+        return 0;
+    }
+
     /// <summary>Runs scenario 1 (3 trivial stages, 1,000,000 ints) with one system until <paramref name="time"/> is up.</summary>
     public static int Overhead(string who, int workers, TimeSpan time)
     {

@@ -10,8 +10,11 @@ using Pyper.Benchmarks;
 
 // dotnet fsi build.fsx profile runs one scenario in a loop under dotnet-trace:
 //   --loop <F#|C#|Dataflow|Channels> <workers> <seconds>   3 trivial stages over 1,000,000 ints
+//   --loop-processes <items> <workers> <seconds>            the CPU stage on worker processes
 if (args is ["--loop", var who, var workers, var seconds])
     return Loop.Overhead(who, int.Parse(workers), TimeSpan.FromSeconds(int.Parse(seconds)));
+if (args is ["--loop-processes", var items, var processWorkers, var processSeconds])
+    return Loop.Processes(int.Parse(items), int.Parse(processWorkers), TimeSpan.FromSeconds(int.Parse(processSeconds)));
 
 var quick = args.Contains("--quick");
 Size.Quick = quick;
