@@ -9,13 +9,13 @@ open System.Threading
 /// a whole run of a few items), so a thread whose worker is done parks, named "Pyper/idle", and
 /// serves the next worker of any run. A thread parked longer than the keep-alive exits.
 ///
-/// The keep-alive is 2 s; the runtime setting `Pyper.ThreadKeepAliveMilliseconds` (in
+/// The keep-alive is 2 s; the runtime setting `Pyper.WorkerKeepAliveMilliseconds` (in
 /// runtimeconfig.json or `AppContext.SetData`) changes it, and 0 makes every thread exit as soon
-/// as its worker is done.
+/// as its worker is done. Parked worker processes (`WorkerPool`) use the same setting.
 module internal DedicatedThreads =
     /// The name of the runtime setting that holds the keep-alive in milliseconds.
     [<Literal>]
-    let KeepAliveSetting = "Pyper.ThreadKeepAliveMilliseconds"
+    let KeepAliveSetting = "Pyper.WorkerKeepAliveMilliseconds"
 
     /// The name of a parked thread.
     [<Literal>]

@@ -280,14 +280,18 @@ module internal ProcessHost =
     [<DllImport("libc", EntryPoint = "getppid")>]
     extern int private getppid()
 
-    let private resolveIn (dir: string) =
-        AssemblyLoadContext.Default.add_Resolving (fun ctx name ->
-            let path = Path.Combine(dir, name.Name + ".dll")
+    /// Folders already searched for dependencies (a worker serves many functions in its life).
+    let private folders = Collections.Generic.HashSet<string>()
 
-            if File.Exists path then
-                ctx.LoadFromAssemblyPath path
-            else
-                null)
+    let private resolveIn (dir: string) =
+        if folders.Add dir then
+            AssemblyLoadContext.Default.add_Resolving (fun ctx name ->
+                let path = Path.Combine(dir, name.Name + ".dll")
+
+                if File.Exists path then
+                    ctx.LoadFromAssemblyPath path
+                else
+                    null)
 
     /// Exits the worker when its parent process is gone, even while the function is busy.
     let private watchParent (parent: int) =

@@ -339,16 +339,6 @@ module internal Workers =
 
         mapBatches runBatch env
 
-    /// Observes a task we may stop waiting for, so that its failure is never unobserved.
-    let private observe (t: Task) =
-        t.ContinueWith(
-            (fun (t: Task) -> t.Exception |> ignore),
-            CancellationToken.None,
-            TaskContinuationOptions.ExecuteSynchronously,
-            TaskScheduler.Default
-        )
-        |> ignore
-
     /// The exception a worker's failure comes back as: its own type when the parent has it loaded
     /// and can make one from a message (no assembly is loaded for it), else a RemoteStageException.
     let private remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
@@ -365,38 +355,22 @@ module internal Workers =
             e
         | _ -> RemoteStageException($"Stage '{stage}': {typeName}: {f.Message}", f.Type, f.StackTrace, Nullable())
 
-    /// A process stage's worker: starts a worker process, sends it the function, then each batch.
+    /// A process stage's worker: takes a worker process (parked or new), sends it the function,
+    /// then each batch; parks it again if the stage finished cleanly.
     let processMap (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
         task {
             let token = env.Ctx.Token
-
-            let path =
-                Path.Combine(Path.GetTempPath(), $"pyper-{Environment.ProcessId}-{Guid.NewGuid():N}.sock")
-
-            use listener =
-                new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-
-            listener.Bind(UnixDomainSocketEndPoint path)
-            listener.Listen 1
-            let proc = WorkerProcesses.start path
+            let! worker = WorkerPool.acquire env.Name token
             Live.processStarted ()
-            let pid = proc.Id
-            let mutable stream: NetworkStream = null
-            let closing = ref false
+            let proc = worker.Process
+            let stream = worker.Stream
 
             // One exception per crash, whether the socket or the Exited event reports it first.
             // (WaitForExit may raise Exited on this very thread: no lazy value, just the first one kept.)
             let crash = ref Unchecked.defaultof<RemoteStageException>
 
             let crashWith (code: Nullable<int>) =
-                let e =
-                    RemoteStageException(
-                        $"Stage '{env.Name}': worker process {pid} exited unexpectedly (exit code {code}).",
-                        "",
-                        "",
-                        code
-                    )
-
+                let e = WorkerPool.crash env.Name proc.Id code
                 let first = Interlocked.CompareExchange(&crash.contents, e, Unchecked.defaultof<_>)
                 if isNull (box first) then e else first
 
@@ -409,26 +383,20 @@ module internal Workers =
                 )
 
             // A worker that dies while idle fails the run at once, not at its next batch.
-            proc.EnableRaisingEvents <- true
+            worker.OnExit <- Action(fun () -> env.Ctx.Fail(env.Name, crashWith (Nullable proc.ExitCode)))
 
-            proc.Exited.Add(fun _ ->
-                if not (Volatile.Read &closing.contents) then
-                    env.Ctx.Fail(env.Name, crashWith (Nullable proc.ExitCode)))
+            if proc.HasExited then
+                worker.Exited()
+
+            let mutable clean = false
 
             try
-                let accept = listener.AcceptAsync(token).AsTask()
-                let exited = proc.WaitForExitAsync token
-                observe accept
-                observe exited
-                let! first = Task.WhenAny(accept, exited)
-                token.ThrowIfCancellationRequested() // a stopped run: no error of ours
-
-                if not (obj.ReferenceEquals(first, accept)) then
-                    raise (crashed ())
-
                 WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
-                stream <- new NetworkStream(accept.GetAwaiter().GetResult(), true)
-                do! Wire.write stream Wire.Init (fref.Encode()) token
+
+                try
+                    do! Wire.write stream Wire.Init (fref.Encode()) token
+                with :? IOException ->
+                    raise (crashed ())
 
                 let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =
                     task {
@@ -473,28 +441,16 @@ module internal Workers =
                     }
 
                 do! mapBatches remote env
+                clean <- isNull (box crash.Value)
             finally
-                // Closing the connection ends the worker; a stopped run does not wait for it.
-                Volatile.Write(&closing.contents, true)
-
-                if not (isNull stream) then
-                    stream.Dispose()
-
-                if not (proc.WaitForExit(if token.IsCancellationRequested then 0 else 2000)) then
-                    try
-                        proc.Kill true
-                    with _ ->
-                        ()
-
-                    proc.WaitForExit()
-
-                proc.Dispose()
                 Live.processEnded ()
 
-                try
-                    File.Delete path
-                with _ ->
-                    ()
+                // No batch is in flight after a clean finish: the worker can serve another stage.
+                // Otherwise closing the connection ends it; a stopped run does not wait for it.
+                if clean then
+                    WorkerPool.release worker
+                else
+                    worker.Close(not token.IsCancellationRequested)
         }
 
     /// Hands on the emitter's buffer, blocking for the turn and for room.

@@ -60,6 +60,7 @@ internal static class Check
         foreach (var name in PyperOsThreads())
             Equal(name, DedicatedThreads.IdleName, "every Pyper thread left has parked");
         DedicatedThreads.retireIdle();
+        WorkerPool.retireIdle();
         var gone = SpinWait.SpinUntil(() => PyperOsThreads().Length == 0, HangGuard);
         True(gone, $"Pyper OS threads left: {string.Join(", ", PyperOsThreads())}");
     }

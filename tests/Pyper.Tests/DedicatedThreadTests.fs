@@ -9,15 +9,6 @@ open Pyper
 open Pyper.FSharp
 open Pyper.Tests.Helpers
 
-/// Runs `body` with the keep-alive set to `ms`, then restores the default.
-let private withKeepAlive (ms: int) (body: unit -> unit) =
-    AppContext.SetData(DedicatedThreads.KeepAliveSetting, ms)
-
-    try
-        body ()
-    finally
-        AppContext.SetData(DedicatedThreads.KeepAliveSetting, null)
-
 /// Runs 60 items through a 3-worker blocking stage.
 let private aRun () =
     let p = Stage.map ((fun (x: int) -> x + 1), workers = 3, name = "reuse")

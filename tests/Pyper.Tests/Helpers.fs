@@ -51,7 +51,7 @@ do
         e.SetObserved())
 
 /// Asserts that no worker thread or async worker of any run is alive, that every dedicated
-/// thread has parked, and that none is left once the parked ones retire (an exited thread may
+/// thread has parked, and that none is left once the parked threads (and worker processes) retire (an exited thread may
 /// linger in /proc for an instant: polled, with a hang guard).
 let assertNoLeaks () =
     Expect.equal (Live.threadCount ()) 0 "no worker thread of a run is alive"
@@ -61,6 +61,7 @@ let assertNoLeaks () =
         Expect.equal name DedicatedThreads.IdleName "every Pyper thread left has parked"
 
     DedicatedThreads.retireIdle ()
+    WorkerPool.retireIdle ()
 
     if not (SpinWait.SpinUntil((fun () -> Array.isEmpty (pyperOsThreads ())), hangGuard)) then
         failtestf "Pyper OS threads are left: %A" (pyperOsThreads ())
@@ -170,3 +171,13 @@ let sorted (xs: 'T list) = List.sort xs
 
 /// A thrown-and-caught test exception type, so tests can check the original type surfaces.
 exception Boom of int
+
+/// Runs `body` with the keep-alive of parked threads and worker processes set to `ms`, then
+/// restores the default.
+let withKeepAlive (ms: int) (body: unit -> unit) =
+    AppContext.SetData(DedicatedThreads.KeepAliveSetting, ms)
+
+    try
+        body ()
+    finally
+        AppContext.SetData(DedicatedThreads.KeepAliveSetting, null)

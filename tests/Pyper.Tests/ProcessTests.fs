@@ -62,7 +62,8 @@ let workerProcesses (parent: int) =
 
 /// No worker process of this test process is left (polled, with a hang guard).
 let assertNoWorkers () =
-    Expect.equal (Live.processCount ()) 0 "every worker process was reaped"
+    Expect.equal (Live.processCount ()) 0 "no worker process serves a stage"
+    WorkerPool.retireIdle ()
     waitUntil "worker processes to be gone" (fun () -> Array.isEmpty (workerProcesses Environment.ProcessId))
 
 /// A test that checks threads, tasks and the process table afterwards.
@@ -208,7 +209,46 @@ let tests =
             processTest "a consumer that stops early stops every worker process" (fun () ->
                 let source = CountingSource()
                 let p = Stage.map (Remote.identity, workers = 2, multiprocess = true)
-                Expect.equal (collect (Pipeline.toSeqFrom source.Items p |> Seq.truncate 5)).Length 5 "five")
+                Expect.equal (collect (Pipeline.toSeqFrom source.Items p |> Seq.truncate 5)).Length 5 "five"
+                Expect.equal (WorkerPool.idleCount ()) 0 "workers stopped mid-stream are not kept")
+
+            processTest
+                "a finished run parks its worker processes; the next run, of any function, takes them"
+                (fun () ->
+                    withKeepAlive 60_000 (fun () ->
+                        let triple = Stage.map (Remote.triple, workers = 2, multiprocess = true)
+                        Expect.equal (sorted (collect (Pipeline.toSeqFrom [ 1..20 ] triple))) [ 3..3..60 ] "first run"
+                        let first = set (workerProcesses Environment.ProcessId)
+                        Expect.equal first.Count 2 "two worker processes"
+                        Expect.equal (WorkerPool.idleCount ()) 2 "both parked"
+                        let identity = Stage.map (Remote.identity, workers = 2, multiprocess = true)
+
+                        Expect.equal
+                            (sorted (collect (Pipeline.toSeqFrom [ 1..20 ] identity)))
+                            [ 1..20 ]
+                            "another function"
+
+                        Expect.equal (set (workerProcesses Environment.ProcessId)) first "the same two processes"
+                        Expect.equal (WorkerPool.idleCount ()) 2 "parked again"))
+
+            processTest "a parked worker process that dies leaves the pool; the next run starts another" (fun () ->
+                withKeepAlive 60_000 (fun () ->
+                    let p = Stage.map (Remote.triple, workers = 1, multiprocess = true)
+                    Expect.equal (collect (Pipeline.toSeqFrom [ 1..5 ] p)) [ 3..3..15 ] "first run"
+                    let victim = Array.exactlyOne (workerProcesses Environment.ProcessId)
+                    Process.GetProcessById(victim).Kill()
+                    waitUntil "the pool drops it" (fun () -> WorkerPool.idleCount () = 0)
+                    Expect.equal (collect (Pipeline.toSeqFrom [ 1..5 ] p)) [ 3..3..15 ] "second run, no failure"
+                    Expect.notEqual (Array.exactlyOne (workerProcesses Environment.ProcessId)) victim "a new process"))
+
+            processTest "keep-alive 0: worker processes end with their run" (fun () ->
+                withKeepAlive 0 (fun () ->
+                    let p = Stage.map (Remote.triple, workers = 2, multiprocess = true)
+                    Expect.equal (sorted (collect (Pipeline.toSeqFrom [ 1..20 ] p))) [ 3..3..60 ] "results"
+                    Expect.equal (WorkerPool.idleCount ()) 0 "none parked"
+
+                    waitUntil "no worker process left" (fun () ->
+                        Array.isEmpty (workerProcesses Environment.ProcessId))))
 
             processTest "workers exit on their own when their parent is killed" (fun () ->
                 let here = Path.GetDirectoryName(typeof<Reading>.Assembly.Location)

@@ -1,0 +1,217 @@
+namespace Pyper
+
+open System
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Runtime.ExceptionServices
+open System.Threading
+open System.Threading.Tasks
+
+/// A worker process and its connection. It serves one process-stage worker at a time; between
+/// runs it parks in `WorkerPool` (starting a .NET runtime costs about 100 ms of CPU here).
+[<Sealed; AllowNullLiteral>]
+type internal WorkerProcess(proc: Process, stream: NetworkStream, path: string) =
+    [<VolatileField>]
+    let mutable onExit: Action = null
+
+    let mutable closed = 0
+
+    member _.Process = proc
+    member _.Stream = stream
+
+    /// What to do if the process exits on its own: fail the stage it serves, or leave the pool.
+    member _.OnExit
+        with get () = onExit
+        and set (v: Action) = onExit <- v
+
+    /// The keep-alive timer while parked.
+    member val Timer: Timer = null with get, set
+
+    /// Called by the process's Exited event.
+    member _.Exited() =
+        match onExit with
+        | null -> () // being closed on purpose
+        | f -> f.Invoke()
+
+    /// Ends the process (once): closing the connection makes it exit; with `wait` it has 2 s
+    /// before it is killed, else it is killed at once unless it has already exited.
+    member _.Close(wait: bool) =
+        if Interlocked.Exchange(&closed, 1) = 0 then
+            onExit <- null
+            stream.Dispose()
+
+            if not (proc.WaitForExit(if wait then 2000 else 0)) then
+                try
+                    proc.Kill true
+                with _ ->
+                    ()
+
+                proc.WaitForExit()
+
+            proc.Dispose()
+
+            try
+                File.Delete path
+            with _ ->
+                ()
+
+/// Worker processes of process stages, reused across runs like dedicated threads: a worker
+/// whose stage finished cleanly parks, connected and idle, and serves the next process-stage
+/// worker (whatever its function: each use sends the function anew); after the keep-alive
+/// (`DedicatedThreads.keepAlive`, the same setting) it is closed. A worker whose stage failed
+/// or was stopped is never reused.
+module internal WorkerPool =
+    let private sync = obj ()
+    /// Parked workers, the most recently parked last (taken first, so cold ones time out).
+    let private idle = List<WorkerProcess>()
+
+    let private remove (w: WorkerProcess) = lock sync (fun () -> idle.Remove w)
+
+    /// Observes a task we may stop waiting for, so that its failure is never unobserved.
+    let private observe (t: Task) =
+        t.ContinueWith(
+            (fun (t: Task) -> t.Exception |> ignore),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default
+        )
+        |> ignore
+
+    /// The failure of a worker process that exited while serving `stage`.
+    let crash (stage: string) (pid: int) (code: Nullable<int>) =
+        RemoteStageException(
+            $"Stage '{stage}': worker process {pid} exited unexpectedly (exit code {code}).",
+            "",
+            "",
+            code
+        )
+
+    /// Starts a worker process and waits until it connects (or exits, or the run stops).
+    let private start (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
+        task {
+            let path =
+                Path.Combine(Path.GetTempPath(), $"pyper-{Environment.ProcessId}-{Guid.NewGuid():N}.sock")
+
+            use listener =
+                new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+
+            listener.Bind(UnixDomainSocketEndPoint path)
+            listener.Listen 1
+            let proc = WorkerProcesses.start path
+            let mutable worker: WorkerProcess = null
+            proc.EnableRaisingEvents <- true
+
+            proc.Exited.Add(fun _ ->
+                match worker with
+                | null -> ()
+                | w -> w.Exited())
+
+            try
+                let accept = listener.AcceptAsync(token).AsTask()
+                let exited = proc.WaitForExitAsync token
+                observe accept
+                observe exited
+                let! first = Task.WhenAny(accept, exited)
+                token.ThrowIfCancellationRequested() // a stopped run: no error of ours
+
+                if not (obj.ReferenceEquals(first, accept)) then
+                    raise (crash stage proc.Id (Nullable proc.ExitCode))
+
+                worker <- WorkerProcess(proc, new NetworkStream(accept.GetAwaiter().GetResult(), true), path)
+
+                // It may have exited between connecting and now.
+                if proc.HasExited then
+                    worker.Exited()
+
+                return worker
+            with e ->
+                if isNull worker then
+                    try
+                        proc.Kill true
+                    with _ ->
+                        ()
+
+                    proc.WaitForExit()
+                    proc.Dispose()
+
+                    try
+                        File.Delete path
+                    with _ ->
+                        ()
+                else
+                    worker.Close false
+
+                ExceptionDispatchInfo.Throw e
+                return null
+        }
+
+    /// A parked worker, or a new one. The caller sets `OnExit` at once.
+    let acquire (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
+        let rec parked () =
+            let w =
+                lock sync (fun () ->
+                    if idle.Count = 0 then
+                        null
+                    else
+                        let w = idle[idle.Count - 1]
+                        idle.RemoveAt(idle.Count - 1)
+                        w)
+
+            match w with
+            | null -> null
+            | w ->
+                w.Timer.Dispose()
+                w.Timer <- null
+
+                if w.Process.HasExited then
+                    w.Close false
+                    parked ()
+                else
+                    w
+
+        match parked () with
+        | null -> start stage token
+        | w -> Task.FromResult w
+
+    /// A worker whose stage finished cleanly (no batch in flight): parks it for the keep-alive.
+    let release (w: WorkerProcess) =
+        let keepAlive = DedicatedThreads.keepAlive ()
+
+        if keepAlive = 0 || w.Process.HasExited then
+            w.Close true
+        else
+            w.OnExit <-
+                Action(fun () ->
+                    if remove w then
+                        w.Close false)
+
+            w.Timer <-
+                new Timer(
+                    (fun _ ->
+                        if remove w then
+                            w.Close true),
+                    null,
+                    Timeout.Infinite,
+                    Timeout.Infinite
+                )
+
+            lock sync (fun () -> idle.Add w)
+            w.Timer.Change(keepAlive, Timeout.Infinite) |> ignore
+
+    /// The number of parked workers.
+    let idleCount () = lock sync (fun () -> idle.Count)
+
+    /// Closes every parked worker now and waits until each has exited (tests check that nothing
+    /// is left; a host may call it before unloading).
+    let retireIdle () =
+        let all =
+            lock sync (fun () ->
+                let all = idle.ToArray()
+                idle.Clear()
+                all)
+
+        for w in all do
+            w.Timer.Dispose()
+            w.Close true
