@@ -190,8 +190,24 @@ public class CpuBound
     [Benchmark]
     public Task<long> PyperThreads() => Peers.RunCSharp(threads, source);
 
+    /// <summary>Worker processes parked between runs (the default: each run after the first reuses them).</summary>
     [Benchmark]
     public Task<long> PyperProcesses() => Peers.RunCSharp(processes, source);
+
+    /// <summary>A fresh worker process per worker and run (keep-alive 0): what a first run pays.</summary>
+    [Benchmark]
+    public async Task<long> PyperFreshProcesses()
+    {
+        AppContext.SetData("Pyper.WorkerKeepAliveMilliseconds", 0);
+        try
+        {
+            return await Peers.RunCSharp(processes, source);
+        }
+        finally
+        {
+            AppContext.SetData("Pyper.WorkerKeepAliveMilliseconds", null);
+        }
+    }
 
     [Benchmark]
     public Task<long> Channels() => Peers.Channels(source, 1, Workers, Stage.DefaultCapacity, Work.Of(Crunch));
