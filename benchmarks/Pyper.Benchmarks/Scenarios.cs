@@ -79,6 +79,23 @@ public class FirstResult
     public Task<long> Dataflow() => Peers.Dataflow(One, 3, 1, Stage.DefaultCapacity, Work.Of(x => x + 1));
 }
 
+/// <summary>
+/// The first result through three thread stages when no parked thread is left (each run starts
+/// its threads): what the very first run of a process pays.
+/// </summary>
+[SimpleJob(RunStrategy.ColdStart, launchCount: 1, warmupCount: 3, iterationCount: 15, id: "NoParkedThreads")]
+public class FirstResultColdThreads
+{
+    private static readonly int[] One = [1];
+    private readonly Pyper.FSharp.Pipeline<int, int> threads = Peers.FSharpPipeline(3, 1, Stage.DefaultCapacity, Work.Of(x => x + 1));
+
+    [IterationSetup]
+    public void RetireParkedThreads() => DedicatedThreads.retireIdle();
+
+    [Benchmark]
+    public long PyperThreadStages() => Peers.RunFSharp(threads, One);
+}
+
 /// <summary>Scenario 2: one stage awaiting Task.Delay(1) per item.</summary>
 public class AsyncIo
 {
@@ -123,7 +140,7 @@ public class AsyncIo
 
 /// <summary>
 /// Scenario 3: one stage blocking in Thread.Sleep(1) per item. The FirstRun job measures single cold
-/// runs in fresh processes, where thread-pool peers pay for thread injection; Steady is after warm-up.
+/// runs (no parked Pyper threads), where thread-pool peers pay for thread injection; Steady is after warm-up.
 /// </summary>
 [SimpleJob(RunStrategy.ColdStart, launchCount: 3, warmupCount: 0, iterationCount: 1, id: "FirstRun")]
 [SimpleJob(launchCount: 1, warmupCount: 1, iterationCount: 3, id: "Steady")]
@@ -146,6 +163,8 @@ public class BlockingIo
     {
         source = Enumerable.Range(0, Size.Of(Items)).ToArray();
         pyper = Peers.FSharpPipeline(1, Workers, Stage.DefaultCapacity, Sleep);
+        // A first run starts its own threads: none parked by earlier benchmarks.
+        DedicatedThreads.retireIdle();
     }
 
     [Benchmark(Baseline = true)]
