@@ -457,23 +457,6 @@ module internal Wait =
         while not (isNull (q.RoomWait me)) do
             me.Wait()
 
-    /// Waits, awaiting, until the queue has room for one more item.
-    let roomAsync (q: BatchQueue<'T>) : ValueTask =
-        let wait = q.RoomWait null
-
-        if isNull wait then
-            ValueTask()
-        else
-            ValueTask(
-                task {
-                    let mutable wait = wait
-
-                    while not (isNull wait) do
-                        do! taskOf wait
-                        wait <- q.RoomWait null
-                }
-            )
-
     /// Asks `poll` until it answers null, waiting (blocking) on each task it answers meanwhile.
     let until (poll: unit -> Task) =
         let mutable wait = poll ()
@@ -498,6 +481,13 @@ module internal Wait =
                         wait <- poll ()
                 }
             )
+
+    /// Waits, awaiting, until the queue has room for one more item.
+    let roomAsync (q: BatchQueue<'T>) : ValueTask =
+        untilAsync (fun () ->
+            match q.RoomWait null with
+            | null -> null
+            | w -> taskOf w)
 
     /// Waits, blocking, for `ticket`'s turn.
     let turn (t: Turnstile) (ticket: int64) = until (fun () -> t.WaitTurn ticket)

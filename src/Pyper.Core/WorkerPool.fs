@@ -41,21 +41,25 @@ type internal WorkerProcess(proc: Process, stream: NetworkStream, path: string) 
         if Interlocked.Exchange(&closed, 1) = 0 then
             onExit <- null
             stream.Dispose()
+            WorkerProcess.End(proc, path, wait)
 
-            if not (proc.WaitForExit(if wait then 2000 else 0)) then
-                try
-                    proc.Kill true
-                with _ ->
-                    ()
-
-                proc.WaitForExit()
-
-            proc.Dispose()
-
+    /// Reaps a worker process (killing it unless it exits within 2 s, with `wait`, or at once)
+    /// and deletes its socket file.
+    static member End(proc: Process, path: string, wait: bool) =
+        if not (proc.WaitForExit(if wait then 2000 else 0)) then
             try
-                File.Delete path
+                proc.Kill true
             with _ ->
                 ()
+
+            proc.WaitForExit()
+
+        proc.Dispose()
+
+        try
+            File.Delete path
+        with _ ->
+            ()
 
 /// Worker processes of process stages, reused across runs like dedicated threads: a worker
 /// whose stage finished cleanly parks, connected and idle, and serves the next process-stage
@@ -128,18 +132,7 @@ module internal WorkerPool =
                 return worker
             with e ->
                 if isNull worker then
-                    try
-                        proc.Kill true
-                    with _ ->
-                        ()
-
-                    proc.WaitForExit()
-                    proc.Dispose()
-
-                    try
-                        File.Delete path
-                    with _ ->
-                        ()
+                    WorkerProcess.End(proc, path, false)
                 else
                     worker.Close false
 
