@@ -6,6 +6,8 @@
 //   test    build, run every test suite, end with one line "N passed, N failed"
 //   demo    build, run the README example (F# and C#)
 //   bench   build, run the benchmarks (BenchmarkDotNet); extra arguments go to BenchmarkDotNet
+//   profile build, trace scenario 1 in a loop with dotnet-trace and print the top frames
+//           (profile [F# | C# | Dataflow | Channels] [workers]; default F# 1)
 //   format  format the F# sources with Fantomas
 //   soak    build, run the long randomized fault campaign
 
@@ -215,6 +217,36 @@ let bench (extra: string list) =
 
         printfn "bench: wrote benchmarks/overhead.svg"
 
+/// Scenario 1 (3 trivial stages over 1M ints) in a loop for 8 s under dotnet-trace (sampled thread
+/// time, so waiting shows as well as running), then the 25 frames where threads spent most time.
+let profile (who: string) (workers: string) =
+    build ()
+    let trace = Path.Combine(root, "BenchmarkDotNet.Artifacts", "profile.nettrace")
+    Directory.CreateDirectory(Path.GetDirectoryName trace) |> ignore
+
+    let dll =
+        Path.Combine(root, "benchmarks", "Pyper.Benchmarks", "bin", "Release", "net10.0", "Pyper.Benchmarks.dll")
+
+    exec
+        "dotnet"
+        [
+            "dotnet-trace"
+            "collect"
+            "--profile"
+            "dotnet-sampled-thread-time"
+            "-o"
+            trace
+            "--"
+            "dotnet"
+            dll
+            "--loop"
+            who
+            workers
+            "8"
+        ]
+
+    exec "dotnet" [ "dotnet-trace"; "report"; trace; "topN"; "-n"; "25" ]
+
 /// The long randomized fault campaign (10,000 cases unless a count is given) and the memory probe.
 let soak (cases: string) =
     build ()
@@ -230,9 +262,14 @@ match args with
 | [ "test" ] -> test ()
 | [ "demo" ] -> demo ()
 | "bench" :: extra -> bench extra
+| [ "profile" ] -> profile "F#" "1"
+| [ "profile"; who ] -> profile who "1"
+| [ "profile"; who; workers ] -> profile who workers
 | [ "format" ] -> format ()
 | [ "soak" ] -> soak "10000"
 | [ "soak"; cases ] -> soak cases
 | _ ->
-    eprintfn "usage: dotnet fsi build.fsx (build | test | demo | bench | format | soak [cases])"
+    eprintfn
+        "usage: dotnet fsi build.fsx (build | test | demo | bench | profile [system] [workers] | format | soak [cases])"
+
     exit 2

@@ -8,7 +8,7 @@ using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using Pyper.Benchmarks;
 
-// dotnet fsi build.fsx profile runs one scenario in a loop under dotnet-trace:
+// One scenario in a loop (dotnet fsi build.fsx profile runs the first under dotnet-trace):
 //   --loop <F#|C#|Dataflow|Channels> <workers> <seconds>   3 trivial stages over 1,000,000 ints
 //   --loop-processes <items> <workers> <seconds>            the CPU stage on worker processes
 if (args is ["--loop", var who, var workers, var seconds])
