@@ -21,7 +21,8 @@ Size.Quick = quick;
 var rest = args.Where(a => a != "--quick").ToArray();
 
 // In-process: the benchmark project restores through Paket, which BenchmarkDotNet's generated
-// projects would not. Classes with their own jobs (BlockingIo) keep them, on the same toolchain.
+// projects would not. Classes with their own jobs (BlockingIo, FirstResultColdThreads) keep them
+// in the full run, on the same toolchain.
 var job = quick
     ? Job.Dry.WithToolchain(InProcessEmitToolchain.Instance)
     : Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(5).WithLaunchCount(1);
@@ -30,6 +31,10 @@ var config = DefaultConfig.Instance
     .AddJob(job.AsDefault())
     .AddExporter(new CsvExporter(CsvSeparator.Semicolon)) // numbers contain commas; build.fsx charts this
     .WithOptions(ConfigOptions.DisableOptimizationsValidator);
+
+// The smoke run ignores the classes' own jobs: one tiny iteration each, nothing more.
+if (quick)
+    config = config.WithUnionRule(ConfigUnionRule.AlwaysUseGlobal);
 
 var summaries = BenchmarkSwitcher.FromAssembly(typeof(Overhead).Assembly)
     .Run(rest.Length == 0 ? ["--filter", "*"] : rest, config);

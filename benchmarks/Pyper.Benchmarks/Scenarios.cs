@@ -177,11 +177,7 @@ public class BlockingIo
     public Task<long> Dataflow() => Peers.Dataflow(source, 1, Workers, Stage.DefaultCapacity, Sleep);
 }
 
-/// <summary>
-/// Scenario 4: a stage doing about 1 ms of arithmetic per item, on threads and in processes. Its
-/// ratios are close to the targets and the VM is noisy here, so it takes three times the iterations.
-/// </summary>
-[SimpleJob(launchCount: 1, warmupCount: 3, iterationCount: 15, id: "CpuLong")]
+/// <summary>Scenario 4: a stage doing about 1 ms of arithmetic per item, on threads and in processes.</summary>
 public class CpuBound
 {
     public const int Items = 400;
