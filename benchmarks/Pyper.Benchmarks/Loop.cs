@@ -5,24 +5,34 @@ namespace Pyper.Benchmarks;
 /// <summary>One scenario in a loop, for a profiler to watch (dotnet fsi build.fsx profile).</summary>
 public static class Loop
 {
-    /// <summary>Runs scenario 4 (CPU-bound, 400 items) on worker processes until <paramref name="time"/> is up;
-    /// with 1 item, it measures what starting and stopping the worker processes costs.</summary>
-    public static int Processes(int items, int workers, TimeSpan time)
+    /// <summary>Runs scenario 4 (CPU-bound) with Pyper's threads or processes, or the Channels peer, until
+    /// <paramref name="time"/> is up, printing wall time and this process's CPU per run; with 1 item
+    /// and processes, it measures what taking and releasing worker processes costs.</summary>
+    public static int Cpu(string who, int items, int workers, TimeSpan time)
     {
         var source = Enumerable.Range(0, items).ToArray();
+        var threads = Pyper.Pipeline.Start<int>().Map(CpuBound.Crunch, workers: workers);
         var processes = Pyper.Pipeline.Start<int>().Map(CpuBound.Crunch, workers: workers, multiprocess: true);
-        Peers.RunCSharp(processes, source).Wait();
+        Func<long> once = who switch
+        {
+            "threads" => () => Peers.RunCSharp(threads, source).Result,
+            "processes" => () => Peers.RunCSharp(processes, source).Result,
+            "Channels" => () => Peers.Channels(source, 1, workers, Stage.DefaultCapacity, Work.Of(CpuBound.Crunch)).Result,
+            _ => throw new ArgumentException($"--loop-cpu: unknown system '{who}' (threads, processes, Channels)"),
+        };
+
+        once();
         var clock = Stopwatch.StartNew();
         var runs = 0;
         var cpu = Process.GetCurrentProcess().TotalProcessorTime;
         while (clock.Elapsed < time)
         {
-            Peers.RunCSharp(processes, source).Wait();
+            once();
             runs++;
         }
 
-        var parentCpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMilliseconds / runs;
-        Console.WriteLine($"processes, {items} item(s), {workers} worker(s): {runs} runs, {clock.Elapsed.TotalMilliseconds / runs:F1} ms per run, parent CPU {parentCpu:F1} ms per run");
+        var ownCpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMilliseconds / runs;
+        Console.WriteLine($"{who}, {items} item(s), {workers} worker(s): {runs} runs, {clock.Elapsed.TotalMilliseconds / runs:F1} ms per run, this process's CPU {ownCpu:F1} ms per run");
         return 0;
     }
 

@@ -10,11 +10,11 @@ using Pyper.Benchmarks;
 
 // One scenario in a loop (dotnet fsi build.fsx profile runs the first under dotnet-trace):
 //   --loop <F#|C#|Dataflow|Channels> <workers> <seconds>   3 trivial stages over 1,000,000 ints
-//   --loop-processes <items> <workers> <seconds>            the CPU stage on worker processes
+//   --loop-cpu <threads|processes|Channels> <items> <workers> <seconds>   scenario 4's CPU stage
 if (args is ["--loop", var who, var workers, var seconds])
     return Loop.Overhead(who, int.Parse(workers), TimeSpan.FromSeconds(int.Parse(seconds)));
-if (args is ["--loop-processes", var items, var processWorkers, var processSeconds])
-    return Loop.Processes(int.Parse(items), int.Parse(processWorkers), TimeSpan.FromSeconds(int.Parse(processSeconds)));
+if (args is ["--loop-cpu", var system, var items, var cpuWorkers, var cpuSeconds])
+    return Loop.Cpu(system, int.Parse(items), int.Parse(cpuWorkers), TimeSpan.FromSeconds(int.Parse(cpuSeconds)));
 
 var quick = args.Contains("--quick");
 Size.Quick = quick;
