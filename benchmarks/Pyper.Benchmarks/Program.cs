@@ -21,11 +21,11 @@ Size.Quick = quick;
 var rest = args.Where(a => a != "--quick").ToArray();
 
 // In-process: the benchmark project restores through Paket, which BenchmarkDotNet's generated
-// projects would not. Classes with their own jobs (BlockingIo, FirstResultColdThreads) keep them
-// in the full run, on the same toolchain.
+// projects would not. Each class names its own job (counts set on this global job would override
+// the classes' own); the global job only adds the toolchain.
 var job = quick
     ? Job.Dry.WithToolchain(InProcessEmitToolchain.Instance)
-    : Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(5).WithLaunchCount(1);
+    : Job.Default.WithToolchain(InProcessEmitToolchain.Instance);
 
 var config = DefaultConfig.Instance
     .AddJob(job.AsDefault())

@@ -14,6 +14,7 @@ public static class Size
 
 /// <summary>Scenario 1: three trivial stages (x + 1) over 1,000,000 ints. Mean is per item.</summary>
 [MemoryDiagnoser]
+[SimpleJob(launchCount: 1, warmupCount: 2, iterationCount: 5, id: "Full")]
 public class Overhead
 {
     public const int Items = 1_000_000;
@@ -59,6 +60,7 @@ public class Overhead
 }
 
 /// <summary>Latency: the one result of a one-item, three-stage pipeline (start-up included).</summary>
+[SimpleJob(launchCount: 1, warmupCount: 2, iterationCount: 5, id: "Full")]
 public class FirstResult
 {
     private static readonly int[] One = [1];
@@ -97,6 +99,7 @@ public class FirstResultColdThreads
 }
 
 /// <summary>Scenario 2: one stage awaiting Task.Delay(1) per item.</summary>
+[SimpleJob(launchCount: 1, warmupCount: 2, iterationCount: 5, id: "Full")]
 public class AsyncIo
 {
     public const int Items = 1_000;
@@ -178,6 +181,7 @@ public class BlockingIo
 }
 
 /// <summary>Scenario 4: a stage doing about 1 ms of arithmetic per item, on threads and in processes.</summary>
+[SimpleJob(launchCount: 1, warmupCount: 2, iterationCount: 5, id: "Full")]
 public class CpuBound
 {
     public const int Items = 400;
@@ -236,6 +240,7 @@ public class CpuBound
 public sealed record Reading(int Id, string Sensor, double Value);
 
 /// <summary>Scenario 5: a trivial function on small records in 2 worker processes. Mean is per item.</summary>
+[SimpleJob(launchCount: 1, warmupCount: 2, iterationCount: 5, id: "Full")]
 public class ProcessThroughput
 {
     public const int Items = 100_000;
