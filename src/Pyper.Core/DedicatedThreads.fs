@@ -36,12 +36,20 @@ module internal DedicatedThreads =
         | :? string as s -> parse s
         | _ -> DefaultKeepAlive
 
-    /// A worker for a thread: its thread name, its body, and what to do once the thread has parked.
+    /// A worker for a thread: its thread name, its body, the execution context of whoever started
+    /// it (a reused thread must not carry an earlier run's AsyncLocal values, culture or trace
+    /// context), and what to do once the thread has parked.
     [<Sealed; AllowNullLiteral>]
     type private Job(name: string, body: unit -> unit, parked: unit -> unit) =
+        let context = ExecutionContext.Capture()
         member _.Name = name
-        member _.Body = body
         member _.Parked = parked
+
+        /// Runs the body in the starter's execution context (as a new thread would).
+        member _.Run() =
+            match context with
+            | null -> body ()
+            | c -> ExecutionContext.Run(c, (fun _ -> body ()), null)
 
     /// One thread and the hand-off of its next job (null tells it to exit).
     [<Sealed; AllowNullLiteral>]
@@ -84,9 +92,10 @@ module internal DedicatedThreads =
                 if Thread.CurrentThread.Name <> current.Name then
                     Thread.CurrentThread.Name <- current.Name
 
-                current.Body()
+                current.Run()
             finally
                 Thread.CurrentThread.Name <- IdleName
+                slot.Job <- null // nothing of the run stays reachable from a parked thread
                 // Parked before the run hears that the worker is done, so a finished run has
                 // every one of its threads either parked or exited.
                 park slot
@@ -112,7 +121,7 @@ module internal DedicatedThreads =
             let slot = Slot(Job = job)
             let t = Thread(serve slot, IsBackground = true, Name = name)
             slot.Thread <- t
-            t.Start()
+            t.UnsafeStart() // no context of its own: each job brings its starter's
         else
             slot.Give job
 

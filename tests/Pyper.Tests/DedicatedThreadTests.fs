@@ -76,4 +76,28 @@ let tests =
                     Expect.isTrue
                         (names |> Set.forall (fun n -> n.StartsWith "Pyper/renamed/"))
                         $"named after the stage: %A{names}"))
+
+            leakTest "a reused thread runs its worker in its own run's execution context" (fun () ->
+                withKeepAlive 60_000 (fun () ->
+                    let ambient = AsyncLocal<string>()
+
+                    // The function reads the ambient value, then changes it, as user code may.
+                    let p =
+                        Stage.map (
+                            (fun (_: int) ->
+                                let seen = ambient.Value
+                                ambient.Value <- "changed by the function"
+                                seen),
+                            workers = 2
+                        )
+
+                    let runWith value =
+                        ambient.Value <- value
+                        collect (Pipeline.toSeqFrom [ 1..20 ] p)
+
+                    let first = runWith "first run"
+                    Expect.contains first "first run" "the first run sees its caller's value"
+                    let second = runWith "second run"
+                    Expect.contains second "second run" "the second run sees its own caller's value"
+                    Expect.isFalse (List.contains "first run" second) "nothing of the first run's context"))
         ]
