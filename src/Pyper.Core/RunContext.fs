@@ -90,8 +90,6 @@ type internal RunContext(userToken: CancellationToken) =
                     true
                 else
                     if not (obj.ReferenceEquals(e, error)) then
-                        tag e ErrorKeys.Stage stage
-
                         let others =
                             match error.Data[ErrorKeys.Others] with
                             | :? List<exn> as l -> l
@@ -100,12 +98,19 @@ type internal RunContext(userToken: CancellationToken) =
                                 tag error ErrorKeys.Others l
                                 l
 
-                        others.Add e
+                        // One failure may be reported twice (a crashed worker process: by its
+                        // exit and by its connection); it is listed once.
+                        if not (others.Contains e) then
+                            tag e ErrorKeys.Stage stage
+                            others.Add e
 
                     false)
 
         if first then
-            cts.Cancel()
+            try
+                cts.Cancel()
+            with :? ObjectDisposedException ->
+                () // a late report (a worker process exiting) after the run had finished
 
     /// Stops the run: every queue and turnstile wakes its waiters, who then leave.
     member _.Cancel() =

@@ -355,12 +355,49 @@ module internal Workers =
             e
         | _ -> RemoteStageException($"Stage '{stage}': {typeName}: {f.Message}", f.Type, f.StackTrace, Nullable())
 
+    /// A worker process with the stage's function sent to it. A parked worker may have died since
+    /// it parked: then this takes (or starts) another.
+    let rec private connect (fref: FunctionRef) (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
+        task {
+            let! w = WorkerPool.acquire stage token
+            let pid = w.Process.Id
+
+            let! failure =
+                task {
+                    try
+                        do! Wire.write w.Stream Wire.Init (fref.Encode()) token
+                        return null
+                    with e ->
+                        return e
+                }
+
+            match failure with
+            | null -> return w
+            | :? IOException when w.Reused ->
+                w.Close false
+                return! connect fref stage token
+            | :? IOException ->
+                let code =
+                    if w.Process.WaitForExit 1000 then
+                        Nullable w.Process.ExitCode
+                    else
+                        Nullable()
+
+                w.Close false
+                return raise (WorkerPool.crash stage pid code)
+            | e ->
+                w.Close false
+                ExceptionDispatchInfo.Throw e
+                return null
+        }
+
     /// A process stage's worker: takes a worker process (parked or new), sends it the function,
     /// then each batch; parks it again if the stage finished cleanly.
     let processMap (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
         task {
             let token = env.Ctx.Token
-            let! worker = WorkerPool.acquire env.Name token
+
+            let! worker = connect fref env.Name token
             Live.processStarted ()
             let proc = worker.Process
             let stream = worker.Stream
@@ -392,11 +429,6 @@ module internal Workers =
 
             try
                 WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
-
-                try
-                    do! Wire.write stream Wire.Init (fref.Encode()) token
-                with :? IOException ->
-                    raise (crashed ())
 
                 let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =
                     task {

@@ -26,8 +26,11 @@ type internal WorkerProcess(proc: Process, stream: NetworkStream, path: string) 
         with get () = onExit
         and set (v: Action) = onExit <- v
 
-    /// The keep-alive timer while parked.
+    /// The keep-alive timer while parked (set and cleared under the pool's lock).
     member val Timer: Timer = null with get, set
+
+    /// True once it has served a stage and parked: a reused worker.
+    member val Reused = false with get, set
 
     /// Called by the process's Exited event.
     member _.Exited() =
@@ -150,14 +153,13 @@ module internal WorkerPool =
                     else
                         let w = idle[idle.Count - 1]
                         idle.RemoveAt(idle.Count - 1)
+                        w.Timer.Dispose()
+                        w.Timer <- null
                         w)
 
             match w with
             | null -> null
             | w ->
-                w.Timer.Dispose()
-                w.Timer <- null
-
                 if w.Process.HasExited then
                     w.Close false
                     parked ()
@@ -175,23 +177,26 @@ module internal WorkerPool =
         if keepAlive = 0 || w.Process.HasExited then
             w.Close true
         else
+            w.Reused <- true
+
             w.OnExit <-
                 Action(fun () ->
                     if remove w then
                         w.Close false)
 
-            w.Timer <-
-                new Timer(
-                    (fun _ ->
-                        if remove w then
-                            w.Close true),
-                    null,
-                    Timeout.Infinite,
-                    Timeout.Infinite
-                )
+            lock sync (fun () ->
+                // The timer's callback takes this lock too: it cannot act before the worker is in.
+                w.Timer <-
+                    new Timer(
+                        (fun _ ->
+                            if remove w then
+                                w.Close true),
+                        null,
+                        keepAlive,
+                        Timeout.Infinite
+                    )
 
-            lock sync (fun () -> idle.Add w)
-            w.Timer.Change(keepAlive, Timeout.Infinite) |> ignore
+                idle.Add w)
 
     /// The number of parked workers.
     let idleCount () = lock sync (fun () -> idle.Count)
@@ -203,8 +208,12 @@ module internal WorkerPool =
             lock sync (fun () ->
                 let all = idle.ToArray()
                 idle.Clear()
+
+                for w in all do
+                    w.Timer.Dispose()
+                    w.Timer <- null
+
                 all)
 
         for w in all do
-            w.Timer.Dispose()
             w.Close true
