@@ -179,15 +179,6 @@ type internal BatchQueue<'T>(capacity: int) =
         list.Add w
         w
 
-    /// Applies `change` under the lock, then wakes whoever waits on `side`.
-    let wake (side: WaitList) (change: unit -> unit) =
-        let woken =
-            lock sync (fun () ->
-                change ()
-                side.TakeAll())
-
-        woken.Signal()
-
     let grow needed =
         let next = Array.zeroCreate (max needed (buffer.Length * 2))
         let first = min count (buffer.Length - head)
@@ -297,16 +288,33 @@ type internal BatchQueue<'T>(capacity: int) =
             if occupied < bound then null else register writers w)
 
     /// Frees the room of `n` taken items, waking waiting writers.
+    /// (Each of these three writes its lock out: a shared helper taking the change as a function
+    /// would allocate a closure per call, and Release runs once per batch.)
     member _.Release(n: int) =
-        wake writers (fun () -> occupied <- occupied - n)
+        let woken =
+            lock sync (fun () ->
+                occupied <- occupied - n
+                writers.TakeAll())
+
+        woken.Signal()
 
     /// No more items will be written: readers drain what is left, then see the end.
     member _.Complete() =
-        wake readers (fun () -> completed <- true)
+        let woken =
+            lock sync (fun () ->
+                completed <- true
+                readers.TakeAll())
+
+        woken.Signal()
 
     /// Every reader has finished: writers stop quietly.
     member _.CloseReaders() =
-        wake writers (fun () -> readersGone <- true)
+        let woken =
+            lock sync (fun () ->
+                readersGone <- true
+                writers.TakeAll())
+
+        woken.Signal()
 
     interface IAbortable with
         member _.Abort() =

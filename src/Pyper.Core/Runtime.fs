@@ -118,7 +118,9 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
 
     /// Hands the buffer on, blocking for the turn and for room.
     member this.Emit() =
-        Wait.until this.TryTurn
+        if not hasTurn then
+            Wait.until this.TryTurn // (a closure: only ordered stages wait for a turn)
+
         Wait.write output buf k
         this.Flushed()
 
