@@ -379,12 +379,7 @@ module internal Workers =
                 w.Close false
                 return! connect fref stage token
             | :? IOException ->
-                let code =
-                    if w.Process.WaitForExit 1000 then
-                        Nullable w.Process.ExitCode
-                    else
-                        Nullable()
-
+                let code = WorkerPool.exitCode w.Process
                 w.Close false
                 return raise (WorkerPool.crash stage pid code)
             | e ->
@@ -413,13 +408,7 @@ module internal Workers =
                 let first = Interlocked.CompareExchange(&crash.contents, e, Unchecked.defaultof<_>)
                 if isNull (box first) then e else first
 
-            let crashed () =
-                crashWith (
-                    if proc.WaitForExit 1000 then
-                        Nullable proc.ExitCode
-                    else
-                        Nullable()
-                )
+            let crashed () = crashWith (WorkerPool.exitCode proc)
 
             // A worker that dies while idle fails the run at once, not at its next batch.
             worker.OnExit <- Action(fun () -> env.Ctx.Fail(env.Name, crashWith (Nullable proc.ExitCode)))

@@ -95,6 +95,13 @@ module internal WorkerPool =
             code
         )
 
+    /// The exit code of a worker process that is going away (it gets a second to exit), or null.
+    let exitCode (proc: Process) =
+        if proc.WaitForExit 1000 then
+            Nullable proc.ExitCode
+        else
+            Nullable()
+
     /// Starts a worker process and waits until it connects (or exits, or the run stops).
     let private start (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
         task {
