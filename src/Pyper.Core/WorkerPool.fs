@@ -133,19 +133,12 @@ module internal WorkerPool =
                 if not (obj.ReferenceEquals(first, accept)) then
                     raise (crash stage proc.Id (Nullable proc.ExitCode))
 
+                // Its exit from here on goes to the OnExit the caller sets (which then checks
+                // HasExited, for an exit in between).
                 worker <- WorkerProcess(proc, new NetworkStream(accept.GetAwaiter().GetResult(), true), path)
-
-                // It may have exited between connecting and now.
-                if proc.HasExited then
-                    worker.Exited()
-
                 return worker
             with e ->
-                if isNull worker then
-                    WorkerProcess.End(proc, path, false)
-                else
-                    worker.Close false
-
+                WorkerProcess.End(proc, path, false)
                 ExceptionDispatchInfo.Throw e
                 return null
         }
