@@ -119,7 +119,8 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
     /// Hands the buffer on, blocking for the turn and for room.
     member this.Emit() =
         if not hasTurn then
-            Wait.until this.TryTurn // (a closure: only ordered stages wait for a turn)
+            Wait.turn turnstile ticket
+            hasTurn <- true
 
         Wait.write output buf k
         this.Flushed()
@@ -127,7 +128,10 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
     /// Hands the buffer on, awaiting the turn and room.
     member this.EmitAsync() : Task =
         task {
-            do! Wait.untilAsync this.TryTurn
+            if not hasTurn then
+                do! Wait.turnAsync turnstile ticket
+                hasTurn <- true
+
             do! Wait.writeAsync output buf k
             this.Flushed()
         }
