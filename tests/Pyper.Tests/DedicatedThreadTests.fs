@@ -2,7 +2,6 @@
 module Pyper.Tests.DedicatedThreadTests
 
 open System
-open System.IO
 open System.Threading
 open Expecto
 open Pyper
@@ -13,17 +12,6 @@ open Pyper.Tests.Helpers
 let private aRun () =
     let p = Stage.map ((fun (x: int) -> x + 1), workers = 3, name = "reuse")
     Expect.equal (List.sum (collect (Pipeline.toSeqFrom [ 1..60 ] p))) (List.sum [ 2..61 ]) "results"
-
-/// The OS ids of this process's threads named "Pyper/...".
-let private pyperTids () =
-    Directory.GetDirectories "/proc/self/task"
-    |> Array.filter (fun d ->
-        try
-            File.ReadAllText(Path.Combine(d, "comm")).StartsWith "Pyper/"
-        with _ ->
-            false)
-    |> Array.map Path.GetFileName
-    |> Set.ofArray
 
 let tests =
     testList
@@ -36,7 +24,7 @@ let tests =
                     let parked = DedicatedThreads.idleCount ()
                     Expect.isGreaterThan parked 0 "the run's threads park when it is done"
                     Expect.all (pyperOsThreads ()) ((=) DedicatedThreads.IdleName) "parked threads are named idle"
-                    let first = pyperTids ()
+                    let first = pyperOsThreadsById () |> Array.map fst |> Set.ofArray
                     Expect.equal first.Count parked "one OS thread per parked thread"
 
                     for _ in 1..5 do
@@ -44,7 +32,7 @@ let tests =
 
                     // A run needs at most 4 threads at once (3 workers and the source's): later runs
                     // take the parked ones and start at most the one that may have been missing.
-                    let later = pyperTids ()
+                    let later = pyperOsThreadsById () |> Array.map fst |> Set.ofArray
                     Expect.isTrue (Set.isSubset first later) "the first run's threads are still there"
                     Expect.isLessThanOrEqual (later.Count - first.Count) (4 - parked) "no thread is added beyond need"
                     Expect.equal (DedicatedThreads.idleCount ()) later.Count "all of them parked"))

@@ -30,18 +30,26 @@ let waitUntil (what: string) (condition: unit -> bool) =
     if not (SpinWait.SpinUntil(Func<bool> condition, hangGuard)) then
         failtestf "hang: %s did not happen within %O" what hangGuard
 
-/// OS threads of this process whose name starts with "Pyper" (Linux names threads in /proc).
-let pyperOsThreads () =
+/// OS threads of this process whose name starts with "Pyper", as (thread id, name) (Linux names
+/// threads in /proc).
+let pyperOsThreadsById () =
     if Directory.Exists "/proc/self/task" then
         Directory.GetDirectories "/proc/self/task"
         |> Array.choose (fun d ->
             try
                 let name = File.ReadAllText(Path.Combine(d, "comm")).Trim()
-                if name.StartsWith "Pyper/" then Some name else None
+
+                if name.StartsWith "Pyper/" then
+                    Some(Path.GetFileName d, name)
+                else
+                    None
             with _ ->
                 None)
     else
         [||]
+
+/// The names of the OS threads of this process whose name starts with "Pyper".
+let pyperOsThreads () = pyperOsThreadsById () |> Array.map snd
 
 let private unobserved = ref 0
 
