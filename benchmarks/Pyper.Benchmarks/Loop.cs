@@ -21,18 +21,8 @@ public static class Loop
             _ => throw new ArgumentException($"--loop-cpu: unknown system '{who}' (threads, processes, Channels)"),
         };
 
-        once();
-        var clock = Stopwatch.StartNew();
-        var runs = 0;
-        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
-        while (clock.Elapsed < time)
-        {
-            once();
-            runs++;
-        }
-
-        var ownCpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMilliseconds / runs;
-        Console.WriteLine($"{who}, {items} item(s), {workers} worker(s): {runs} runs, {clock.Elapsed.TotalMilliseconds / runs:F1} ms per run, this process's CPU {ownCpu:F1} ms per run");
+        var (runs, elapsed, cpu, _) = Repeat(once, time);
+        Console.WriteLine($"{who}, {items} item(s), {workers} worker(s): {runs} runs, {elapsed.TotalMilliseconds / runs:F1} ms per run, this process's CPU {cpu.TotalMilliseconds / runs:F1} ms per run");
         return 0;
     }
 
@@ -52,8 +42,21 @@ public static class Loop
             _ => throw new ArgumentException($"--loop: unknown system '{who}' (F#, C#, Dataflow, Channels)"),
         };
 
+        var (runs, elapsed, _, allocated) = Repeat(once, time);
+        var items = (double)runs * source.Length;
+        var perItem = elapsed.TotalNanoseconds / items;
+        var bytes = allocated / items;
+        Console.WriteLine($"{who}, {workers} worker(s): {runs} runs, {perItem:F1} ns/item, {1000 / perItem:F1}M items/s, {bytes:F2} B/item");
+        return 0;
+    }
+
+    /// <summary>Runs <paramref name="once"/> once to warm up, then again until <paramref name="time"/> is up:
+    /// how many runs, how long they took, this process's CPU time and the bytes allocated meanwhile.</summary>
+    private static (int Runs, TimeSpan Elapsed, TimeSpan Cpu, long Allocated) Repeat(Func<long> once, TimeSpan time)
+    {
         once();
         var allocated = GC.GetTotalAllocatedBytes(precise: true);
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
         var clock = Stopwatch.StartNew();
         var runs = 0;
         while (clock.Elapsed < time)
@@ -62,10 +65,8 @@ public static class Loop
             runs++;
         }
 
-        var items = (double)runs * source.Length;
-        var perItem = clock.Elapsed.TotalNanoseconds / items;
-        var bytes = (GC.GetTotalAllocatedBytes(precise: true) - allocated) / items;
-        Console.WriteLine($"{who}, {workers} worker(s): {runs} runs, {perItem:F1} ns/item, {1000 / perItem:F1}M items/s, {bytes:F2} B/item");
-        return 0;
+        var elapsed = clock.Elapsed;
+        return (runs, elapsed, Process.GetCurrentProcess().TotalProcessorTime - cpu,
+            GC.GetTotalAllocatedBytes(precise: true) - allocated);
     }
 }
