@@ -76,7 +76,7 @@ module internal Build =
             )
 
         match locate () with
-        | Ok fref -> Wiring.stage info (OnPool(Workers.processMap fref)): Pipeline<'a, 'b>
+        | Ok fref -> Wiring.stage info (OnPool(ProcessWorkers.processMap fref)): Pipeline<'a, 'b>
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
 
     /// For the C# facade: a process map stage from a delegate.

@@ -1,0 +1,140 @@
+namespace Pyper
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Reflection
+open System.Runtime.InteropServices
+open System.Runtime.Loader
+open System.Text.Json
+open System.Text.Json.Serialization
+open System.Threading
+open System.Threading.Tasks
+
+/// Runs one batch of items through the function in a worker process.
+type internal IBatchRunner =
+    abstract Run: payload: byte[] -> byte[]
+
+[<Sealed>]
+type internal BatchRunner<'a, 'b>(f: Func<'a, 'b>) =
+    // Warm up while the worker starts, not when the first items arrive: the serializer's
+    // metadata for both types, and the function's machine code.
+    do
+        WireWarmUp.arrays<'a, 'b>()
+
+        try
+            Runtime.CompilerServices.RuntimeHelpers.PrepareMethod f.Method.MethodHandle
+        with _ ->
+            () // generic or dynamic methods compile on first call instead
+
+    interface IBatchRunner with
+        /// The results, after the function's own time for the batch (TimeSpan ticks, 8 bytes).
+        member _.Run payload =
+            let items = JsonSerializer.Deserialize<'a[]>(ReadOnlySpan payload, Wire.options)
+            let clock = Diagnostics.Stopwatch.StartNew()
+            let results = Array.map f.Invoke items
+            let cost = clock.Elapsed.Ticks
+            let json = JsonSerializer.SerializeToUtf8Bytes(results, Wire.options)
+            let reply = Array.zeroCreate<byte>(8 + json.Length)
+            Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(Span(reply, 0, 8), cost)
+            Array.blit json 0 reply 8 json.Length
+            reply
+
+/// The worker process's side: `Pyper.Worker` calls `run` with its command line.
+module internal ProcessHost =
+    [<DllImport("libc", EntryPoint = "getppid")>]
+    extern int private getppid()
+
+    /// Folders already searched for dependencies (a worker serves many functions in its life).
+    let private folders = Collections.Generic.HashSet<string>()
+
+    let private resolveIn (dir: string) =
+        if folders.Add dir then
+            AssemblyLoadContext.Default.add_Resolving (fun ctx name ->
+                let path = Path.Combine(dir, name.Name + ".dll")
+
+                if File.Exists path then
+                    ctx.LoadFromAssemblyPath path
+                else
+                    null)
+
+    /// Exits the worker when its parent process is gone, even while the function is busy.
+    let private watchParent (parent: int) =
+        if not (OperatingSystem.IsWindows()) then
+            let watch () =
+                while getppid () = parent do
+                    Thread.Sleep 100 // polling the parent: a hang guard, not a synchronisation
+
+                Environment.Exit 3
+
+            Thread(watch, IsBackground = true, Name = "Pyper/watchdog").Start()
+
+    let private runner (r: FunctionRef) : IBatchRunner =
+        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
+        resolveIn (Path.GetDirectoryName r.Assembly)
+        let t = assembly.ManifestModule.ResolveType r.TypeToken
+
+        let target, m =
+            if r.MethodToken = 0 then
+                let invoke =
+                    t.GetMethods()
+                    |> Array.find (fun m -> m.Name = "Invoke" && m.GetParameters().Length = 1)
+
+                Activator.CreateInstance(t, true), invoke
+            else
+                let m = assembly.ManifestModule.ResolveMethod r.MethodToken :?> MethodInfo
+
+                (if r.Instance then
+                     Activator.CreateInstance(t, true)
+                 else
+                     null),
+                m
+
+        let a = (m.GetParameters()[0]).ParameterType
+        let b = m.ReturnType
+        let f = m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(a, b), target)
+        Activator.CreateInstance(typedefof<BatchRunner<_, _>>.MakeGenericType(a, b), f) :?> IBatchRunner
+
+    let private failure (e: exn) =
+        JsonSerializer.SerializeToUtf8Bytes(
+            {
+                Wire.RemoteFailure.Type = e.GetType().AssemblyQualifiedName
+                Wire.RemoteFailure.Message = e.Message
+                Wire.RemoteFailure.StackTrace = e.StackTrace
+            },
+            Wire.options
+        )
+
+    /// The worker's main loop: connect, learn the function, then answer batches until the parent closes.
+    let run (args: string[]) : int =
+        let arg name =
+            args |> Array.findIndex ((=) name) |> fun i -> args[i + 1]
+
+        watchParent (int (arg "--parent"))
+        // User code in workers prints freely: set the console up now, while the worker starts.
+        Console.Out.Flush()
+        resolveIn AppContext.BaseDirectory
+
+        use socket =
+            new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+
+        socket.Connect(UnixDomainSocketEndPoint(arg "--socket"))
+        use stream = new NetworkStream(socket, true)
+        let mutable run = Unchecked.defaultof<IBatchRunner>
+        let mutable go = true
+
+        while go do
+            match Wire.readSync stream with
+            | None -> go <- false
+            | Some(kind, payload) when kind = Wire.Init -> run <- runner (FunctionRef.Decode payload)
+            | Some(_, payload) ->
+                let reply =
+                    try
+                        Wire.Results, run.Run payload
+                    with e ->
+                        Wire.Failure, failure e
+
+                Wire.writeSync stream (fst reply) (snd reply)
+
+        0

@@ -1,0 +1,152 @@
+namespace Pyper
+
+open System
+open Pyper.FSharp
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Text.Json
+open System.Runtime.CompilerServices
+open System.Runtime.ExceptionServices
+open System.Threading
+open System.Threading.Tasks
+open System.Threading.Tasks.Sources
+
+/// The process executor's stage worker: one worker process per stage worker.
+module internal ProcessWorkers =
+    open Workers
+
+    /// and can make one from a message (no assembly is loaded for it), else a RemoteStageException.
+    let private remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
+        let typeName = f.Type.Split(',')[0]
+
+        let loaded =
+            AppDomain.CurrentDomain.GetAssemblies()
+            |> Array.tryPick (fun a -> Option.ofObj (a.GetType(typeName, false)))
+
+        match loaded |> Option.map (fun t -> t, t.GetConstructor [| typeof<string> |]) with
+        | Some(t, ctor) when typeof<exn>.IsAssignableFrom t && not (isNull ctor) ->
+            let e = ctor.Invoke [| box f.Message |] :?> exn
+            e.Data[ErrorKeys.RemoteStackTrace] <- f.StackTrace
+            e
+        | _ -> RemoteStageException($"Stage '{stage}': {typeName}: {f.Message}", f.Type, f.StackTrace, Nullable())
+
+    /// A worker process with the stage's function sent to it. A parked worker may have died since
+    /// it parked: then this takes (or starts) another.
+    let rec private connect (fref: FunctionRef) (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
+        task {
+            let! w = WorkerPool.acquire stage token
+            let pid = w.Process.Id
+
+            let! failure =
+                task {
+                    try
+                        do! Wire.write w.Stream Wire.Init (fref.Encode()) token
+                        return null
+                    with e ->
+                        return e
+                }
+
+            match failure with
+            | null -> return w
+            | :? IOException when w.Reused ->
+                w.Close false
+                return! connect fref stage token
+            | :? IOException ->
+                let code = WorkerPool.exitCode w.Process
+                w.Close false
+                return raise (WorkerPool.crash stage pid code)
+            | e ->
+                w.Close false
+                ExceptionDispatchInfo.Throw e
+                return null
+        }
+
+    /// A process stage's worker: takes a worker process (parked or new), sends it the function,
+    /// then each batch; parks it again if the stage finished cleanly.
+    let processMap (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
+        task {
+            let token = env.Ctx.Token
+
+            let! worker = connect fref env.Name token
+            Live.processStarted ()
+            let proc = worker.Process
+            let stream = worker.Stream
+
+            // One exception per crash, whether the socket or the Exited event reports it first.
+            // (WaitForExit may raise Exited on this very thread: no lazy value, just the first one kept.)
+            let crash = ref Unchecked.defaultof<RemoteStageException>
+
+            let crashWith (code: Nullable<int>) =
+                let e = WorkerPool.crash env.Name proc.Id code
+                let first = Interlocked.CompareExchange(&crash.contents, e, Unchecked.defaultof<_>)
+                if isNull (box first) then e else first
+
+            let crashed () = crashWith (WorkerPool.exitCode proc)
+
+            // A worker that dies while idle fails the run at once, not at its next batch.
+            worker.OnExit <- Action(fun () -> env.Ctx.Fail(env.Name, crashWith (Nullable proc.ExitCode)))
+
+            if proc.HasExited then
+                worker.Exited()
+
+            let mutable clean = false
+
+            try
+                WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
+
+                let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =
+                    task {
+                        let payload =
+                            try
+                                JsonSerializer.SerializeToUtf8Bytes(Array.sub input 0 n, Wire.options)
+                            with e ->
+                                raise (
+                                    NotSupportedException(
+                                        $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
+                                        e
+                                    )
+                                )
+
+                        // A dead worker shows as the end of the stream or as a reset connection.
+                        let! reply =
+                            task {
+                                try
+                                    do! Wire.write stream Wire.Batch payload token
+                                    return! Wire.read stream token
+                                with :? IOException ->
+                                    return raise (crashed ())
+                            }
+
+                        match reply with
+                        | Some(kind, reply) when kind = Wire.Results ->
+                            // The reply: the function's time in the worker (8 bytes), then the results.
+                            let cost =
+                                Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(ReadOnlySpan(reply, 0, 8))
+
+                            let results =
+                                JsonSerializer.Deserialize<'b[]>(ReadOnlySpan(reply, 8, reply.Length - 8), Wire.options)
+
+                            Array.blit results 0 output 0 n
+                            return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
+                        | Some(_, reply) ->
+                            let failure =
+                                JsonSerializer.Deserialize<Wire.RemoteFailure>(ReadOnlySpan reply, Wire.options)
+
+                            return raise (remoteFailure env.Name failure)
+                        | None -> return raise (crashed ())
+                    }
+
+                do! mapBatches remote env
+                clean <- isNull (box crash.Value)
+            finally
+                Live.processEnded ()
+
+                // No batch is in flight after a clean finish: the worker can serve another stage.
+                // Otherwise closing the connection ends it; a stopped run does not wait for it.
+                if clean then
+                    WorkerPool.release worker
+                else
+                    worker.Close(not token.IsCancellationRequested)
+        }

@@ -1,0 +1,128 @@
+namespace Pyper
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Reflection
+open System.Runtime.InteropServices
+open System.Runtime.Loader
+open System.Text.Json
+open System.Text.Json.Serialization
+open System.Threading
+open System.Threading.Tasks
+
+/// Frames between the parent and a worker process: a 4-byte length, a kind byte, a payload.
+/// Items travel as JSON arrays of the function's own parameter and result types.
+module internal Wire =
+    [<Literal>]
+    let Init = 1uy
+
+    [<Literal>]
+    let Batch = 2uy
+
+    [<Literal>]
+    let Results = 3uy
+
+    [<Literal>]
+    let Failure = 4uy
+
+    /// FSharp.SystemTextJson for F# types only: asking it about every other type (int, arrays)
+    /// would load F# reflection into each fresh worker process for nothing.
+    [<Sealed>]
+    type private FSharpTypesOnly() =
+        inherit JsonConverterFactory()
+        let inner = JsonFSharpConverter()
+
+        static let isFSharp (t: Type) =
+            t.IsDefined(typeof<CompilationMappingAttribute>, false)
+            || (t.IsGenericType && t.FullName.StartsWith "System.Tuple`")
+
+        override _.CanConvert t = isFSharp t && inner.CanConvert t
+        override _.CreateConverter(t, o) = inner.CreateConverter(t, o)
+
+    /// One serializer setup on both sides: System.Text.Json with F# records, unions, options and tuples.
+    let options =
+        let o = JsonSerializerOptions(JsonSerializerDefaults.General)
+        o.Converters.Add(FSharpTypesOnly())
+        o
+
+    /// What a worker sends back when the function throws.
+    type RemoteFailure =
+        {
+            Type: string
+            Message: string
+            StackTrace: string
+        }
+
+    let private header (kind: byte) (length: int) =
+        let h = Array.zeroCreate<byte> 5
+        Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(Span h, length)
+        h[4] <- kind
+        h
+
+    let write (s: Stream) (kind: byte) (payload: byte[]) (ct: CancellationToken) : Task =
+        task {
+            do! s.WriteAsync(header kind payload.Length, ct)
+            do! s.WriteAsync(payload, ct)
+            do! s.FlushAsync ct
+        }
+
+    let writeSync (s: Stream) (kind: byte) (payload: byte[]) =
+        s.Write(header kind payload.Length)
+        s.Write payload
+        s.Flush()
+
+    /// Reads exactly `buf.Length` bytes; false at the end of the stream.
+    let private fill (s: Stream) (buf: byte[]) (ct: CancellationToken) : Task<bool> =
+        task {
+            let mutable off = 0
+            let mutable eof = false
+
+            while not eof && off < buf.Length do
+                let! n = s.ReadAsync(buf.AsMemory(off), ct)
+                if n = 0 then eof <- true else off <- off + n
+
+            return not eof
+        }
+
+    /// The next frame, blocking (the worker's side); None when the other side has gone.
+    let readSync (s: Stream) : (byte * byte[]) option =
+        let h = Array.zeroCreate<byte> 5
+
+        if s.ReadAtLeast(Span h, 5, false) < 5 then
+            None
+        else
+            let payload =
+                Array.zeroCreate<byte>(Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(ReadOnlySpan h))
+
+            if s.ReadAtLeast(Span payload, payload.Length, false) < payload.Length then
+                None
+            else
+                Some(h[4], payload)
+
+    /// The next frame, or None when the other side has gone.
+    let read (s: Stream) (ct: CancellationToken) : Task<(byte * byte[]) option> =
+        task {
+            let h = Array.zeroCreate<byte> 5
+            let! ok = fill s h ct
+
+            if not ok then
+                return None
+            else
+                let payload =
+                    Array.zeroCreate<byte>(Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(ReadOnlySpan h))
+
+                let! ok = fill s payload ct
+                return if ok then Some(h[4], payload) else None
+        }
+
+
+/// Serializer warm-up: builds the metadata for arrays of 'a and 'b before the first batch.
+module internal WireWarmUp =
+    let arrays<'a, 'b> () =
+        JsonSerializer.SerializeToUtf8Bytes(JsonSerializer.Deserialize<'a[]>("[]", Wire.options), Wire.options)
+        |> ignore
+
+        JsonSerializer.SerializeToUtf8Bytes(JsonSerializer.Deserialize<'b[]>("[]", Wire.options), Wire.options)
+        |> ignore

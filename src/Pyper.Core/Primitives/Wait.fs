@@ -1,0 +1,135 @@
+namespace Pyper
+
+open System
+open System.Buffers
+open System.Collections.Generic
+open System.Runtime.CompilerServices
+open System.Threading
+open System.Threading.Tasks
+open System.Threading.Tasks
+
+/// Blocking and awaiting forms of the queue operations. Blocking forms wait with the calling
+/// thread's `BlockingWaiter` (allocating nothing); awaiting forms with a `TaskWaiter` per wait.
+module internal Wait =
+    let inline block (t: Task) = t.Wait()
+
+    /// The task of a waiter that an async caller (passing null) got registered.
+    let inline taskOf (w: IWaiter) = (w :?> TaskWaiter).Task
+
+    /// Writes all `n` items, blocking the calling (dedicated) thread while the queue is full.
+    let write (q: BatchQueue<'T>) (src: 'T[]) (n: int) =
+        let me = BlockingWaiter.ForThisThread
+        let mutable off = 0
+
+        while off < n do
+            let struct (k, wait) = q.TryWrite(src, off, n - off, me)
+            off <- off + k
+
+            if not (isNull wait) then
+                me.Wait()
+
+    /// Writes all `n` items, awaiting while the queue is full.
+    let writeAsync (q: BatchQueue<'T>) (src: 'T[]) (n: int) : ValueTask =
+        let struct (k, wait) = q.TryWrite(src, 0, n, null)
+
+        if isNull wait then
+            ValueTask()
+        else
+            ValueTask(
+                task {
+                    let mutable off = k
+                    let mutable wait = wait
+
+                    while off < n do
+                        do! taskOf wait
+                        let struct (k, w) = q.TryWrite(src, off, n - off, null)
+                        off <- off + k
+                        wait <- w
+                }
+            )
+
+    /// Takes a batch, blocking while the queue is empty; 0 items means the end.
+    let take (q: BatchQueue<'T>) (dest: 'T[]) (max: int) (release: bool) : struct (int * int64) =
+        let me = BlockingWaiter.ForThisThread
+        let mutable result = struct (0, 0L)
+        let mutable go = true
+
+        while go do
+            let struct (n, ticket, wait) = q.TryTake(dest, max, release, me)
+
+            if isNull wait then
+                result <- struct (n, ticket)
+                go <- false
+            else
+                me.Wait()
+
+        result
+
+    /// Takes a batch, awaiting while the queue is empty; 0 items means the end.
+    let takeAsync (q: BatchQueue<'T>) (dest: 'T[]) (max: int) (release: bool) : ValueTask<struct (int * int64)> =
+        let struct (n, ticket, wait) = q.TryTake(dest, max, release, null)
+
+        if isNull wait then
+            ValueTask<_>(struct (n, ticket))
+        else
+            ValueTask<struct (int * int64)>(
+                task {
+                    let mutable result = struct (0, 0L)
+                    let mutable wait = wait
+
+                    while not (isNull wait) do
+                        do! taskOf wait
+                        let struct (n, ticket, w) = q.TryTake(dest, max, release, null)
+                        result <- struct (n, ticket)
+                        wait <- w
+
+                    return result
+                }
+                : Task<struct (int * int64)>
+            )
+
+    /// Waits, blocking, until the queue has room for one more item.
+    let room (q: BatchQueue<'T>) =
+        let me = BlockingWaiter.ForThisThread
+
+        while not (isNull (q.RoomWait me)) do
+            me.Wait()
+
+    /// Asks `poll` until it answers null, waiting (blocking) on each task it answers meanwhile.
+    let until (poll: unit -> Task) =
+        let mutable wait = poll ()
+
+        while not (isNull wait) do
+            block wait
+            wait <- poll ()
+
+    /// Asks `poll` until it answers null, awaiting each task it answers meanwhile.
+    let untilAsync (poll: unit -> Task) : ValueTask =
+        let wait = poll ()
+
+        if isNull wait then
+            ValueTask()
+        else
+            ValueTask(
+                task {
+                    let mutable wait = wait
+
+                    while not (isNull wait) do
+                        do! wait
+                        wait <- poll ()
+                }
+            )
+
+    /// Waits, awaiting, until the queue has room for one more item.
+    let roomAsync (q: BatchQueue<'T>) : ValueTask =
+        untilAsync (fun () ->
+            match q.RoomWait null with
+            | null -> null
+            | w -> taskOf w)
+
+    /// Waits, blocking, for `ticket`'s turn.
+    let turn (t: Turnstile) (ticket: int64) = until (fun () -> t.WaitTurn ticket)
+
+    /// Waits, awaiting, for `ticket`'s turn.
+    let turnAsync (t: Turnstile) (ticket: int64) =
+        untilAsync (fun () -> t.WaitTurn ticket)

@@ -1,0 +1,85 @@
+namespace Pyper
+
+open System
+open Pyper.FSharp
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Text.Json
+open System.Runtime.CompilerServices
+open System.Runtime.ExceptionServices
+open System.Threading
+open System.Threading.Tasks
+open System.Threading.Tasks.Sources
+
+module internal Buffers =
+    let inline clear<'T> (buf: 'T[]) (n: int) =
+        if RuntimeHelpers.IsReferenceOrContainsReferences<'T>() then
+            Array.Clear(buf, 0, n)
+
+/// Collects a worker's outputs and hands them on: at once when the next stage is idle,
+/// else when the buffer is full or the input batch is done; ordered stages wait their turn.
+[<Sealed>]
+type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
+    let buf = Array.zeroCreate<'b> Tuning.MaxBatch
+    let mutable k = 0
+    let mutable ticket = 0L
+    let mutable hasTurn = true
+
+    member _.Begin(t: int64) =
+        ticket <- t
+        hasTurn <- isNull turnstile
+
+    /// Adds an output; true when the caller must hand the buffer on: it is full, or it may
+    /// go now (our turn) and either the next stage is idle or `eager` says the producer
+    /// may block before its next item (a sequence that is not an in-memory collection).
+    member this.Add(x: 'b, eager: bool) =
+        buf[k] <- x
+        k <- k + 1
+        k = buf.Length || ((eager || output.HasWaitingReader) && this.CanFlushNow)
+
+    /// True when the buffer holds items that may be handed on now without waiting for the turn.
+    member this.CanFlushNow = k > 0 && isNull (this.TryTurn())
+
+    /// Null when the buffer may be handed on now, else the turn to wait for before asking again.
+    member _.TryTurn() : Task =
+        if hasTurn then
+            null
+        else
+            let w = turnstile.WaitTurn ticket
+
+            if isNull w then
+                hasTurn <- true
+
+            w
+
+    member _.Count = k
+
+    member private _.Flushed() =
+        Buffers.clear buf k
+        k <- 0
+
+    /// Hands the buffer on, blocking for the turn and for room.
+    member this.Emit() =
+        if not hasTurn then
+            Wait.turn turnstile ticket
+            hasTurn <- true
+
+        Wait.write output buf k
+        this.Flushed()
+
+    /// Hands the buffer on, awaiting the turn and room.
+    member this.EmitAsync() : Task =
+        task {
+            if not hasTurn then
+                do! Wait.turnAsync turnstile ticket
+                hasTurn <- true
+
+            do! Wait.writeAsync output buf k
+            this.Flushed()
+        }
+
+    member _.End() =
+        if not (isNull turnstile) then
+            turnstile.Advance()

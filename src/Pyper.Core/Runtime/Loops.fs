@@ -1,0 +1,254 @@
+namespace Pyper
+
+open System
+open Pyper.FSharp
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Text.Json
+open System.Runtime.CompilerServices
+open System.Runtime.ExceptionServices
+open System.Threading
+open System.Threading.Tasks
+open System.Threading.Tasks.Sources
+
+/// The worker loops: one per stage kind and executor.
+module internal Workers =
+    let private newBuf<'T> () = Array.zeroCreate<'T> Tuning.MaxBatch
+
+    /// A thread worker's loop: takes batches (blocking) into `input` until the input ends,
+    /// handing each to `body n ticket`.
+    let private eachBatch (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> unit) =
+        let mutable go = true
+
+        while go do
+            let struct (n, ticket) = Wait.take env.Input input env.Sizer.Limit false
+
+            if n = 0 then go <- false else body n ticket
+
+    /// An async worker's loop: takes batches (awaiting) into `input` until the input ends,
+    /// handing each to `body n ticket`.
+    let private eachBatchAsync (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> Task) : Task =
+        task {
+            let mutable go = true
+
+            while go do
+                let! struct (n, ticket) = Wait.takeAsync env.Input input env.Sizer.Limit false
+
+                if n = 0 then go <- false else do! body n ticket
+        }
+
+    let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
+        let input = newBuf<'a>()
+        let output = newBuf<'b>()
+
+        eachBatch env input (fun n ticket ->
+            let start = Stopwatch.GetTimestamp()
+
+            for i in 0 .. n - 1 do
+                output[i] <- f input[i]
+
+            env.Sizer.Record(n, start)
+            Buffers.clear input n
+
+            if not (isNull env.Turnstile) then
+                Wait.turn env.Turnstile ticket
+
+            Wait.write env.Output output n
+
+            if not (isNull env.Turnstile) then
+                env.Turnstile.Advance()
+
+            Buffers.clear output n
+            env.Input.Release n)
+
+    /// The async map loop: fills `output[0..n-1]` with `runBatch input n output` for each batch,
+    /// hands the results on (in input order when ordered) and releases the input.
+    /// `runBatch` answers what the batch cost, in Stopwatch ticks.
+    let mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task<int64>) (env: WorkerEnv<'a, 'b>) : Task =
+        let input = newBuf<'a>()
+        let output = newBuf<'b>()
+
+        eachBatchAsync env input (fun n ticket ->
+            task {
+                let! cost = runBatch input n output
+                env.Sizer.RecordCost(n, cost)
+                Buffers.clear input n
+
+                if not (isNull env.Turnstile) then
+                    do! Wait.turnAsync env.Turnstile ticket
+
+                do! Wait.writeAsync env.Output output n
+
+                if not (isNull env.Turnstile) then
+                    env.Turnstile.Advance()
+
+                Buffers.clear output n
+                env.Input.Release n
+            })
+
+    let mapPool (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        let token = env.Ctx.Token
+
+        let runBatch (input: 'a[]) n (output: 'b[]) : Task<int64> =
+            task {
+                let start = Stopwatch.GetTimestamp()
+                let mutable i = 0
+
+                while i < n do
+                    let! r = f input[i] token
+                    output[i] <- r
+                    i <- i + 1
+
+                return Stopwatch.GetTimestamp() - start
+            }
+
+        mapBatches runBatch env
+
+    /// The exception a worker's failure comes back as: its own type when the parent has it loaded
+    /// True when enumerating `items` may block between items (it is not an in-memory collection):
+    /// each item is then handed on at once instead of waiting in a batch.
+    let mayBlock (items: seq<'T>) =
+        match items with
+        | :? ICollection<'T>
+        | :? IReadOnlyCollection<'T> -> false
+        | _ -> true
+
+    let private pour (em: Emitter<'b>) (items: seq<'b>) =
+        let eager = mayBlock items
+        use e = items.GetEnumerator()
+
+        while e.MoveNext() do
+            if em.Add(e.Current, eager) then
+                em.Emit()
+
+    /// Hands on, without waiting for the turn, whatever the emitter holds.
+    let private flushNow (em: Emitter<'b>) : Task =
+        if em.CanFlushNow then
+            em.EmitAsync()
+        else
+            Task.CompletedTask
+
+    let private pourAsync (em: Emitter<'b>) (items: IAsyncEnumerable<'b>) (token: CancellationToken) : Task =
+        // Whatever is buffered is handed on before waiting for an item that is not ready yet.
+        AsyncStream.forEach items token (fun () -> flushNow em) (fun x ->
+            if em.Add(x, false) then
+                em.EmitAsync()
+            else
+                Task.CompletedTask)
+
+    let branchThread (f: 'a -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
+        let input = newBuf<'a>()
+        let em = Emitter<'b>(env.Output, env.Turnstile)
+
+        eachBatch env input (fun n ticket ->
+            em.Begin ticket
+            let start = Stopwatch.GetTimestamp()
+
+            for i in 0 .. n - 1 do
+                pour em (f input[i])
+
+            env.Sizer.Record(n, start)
+            Buffers.clear input n
+            em.Emit()
+            em.End()
+            env.Input.Release n)
+
+    let branchPool (f: 'a -> CancellationToken -> IAsyncEnumerable<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        let input = newBuf<'a>()
+        let em = Emitter<'b>(env.Output, env.Turnstile)
+        let token = env.Ctx.Token
+
+        eachBatchAsync env input (fun n ticket ->
+            task {
+                em.Begin ticket
+                let start = Stopwatch.GetTimestamp()
+                let mutable i = 0
+
+                while i < n do
+                    do! pourAsync em (f input[i] token) token
+                    i <- i + 1
+
+                env.Sizer.Record(n, start)
+                Buffers.clear input n
+                do! em.EmitAsync()
+                em.End()
+                env.Input.Release n
+            })
+
+    let joinThread (f: seq<'a> -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
+        let em = Emitter<'b>(env.Output, null)
+        pour em (f (QueueStream env.Input))
+        em.Emit()
+
+    let joinPool
+        (f: IAsyncEnumerable<'a> -> CancellationToken -> IAsyncEnumerable<'b>)
+        (env: WorkerEnv<'a, 'b>)
+        : Task =
+        task {
+            let em = Emitter<'b>(env.Output, null)
+            let token = env.Ctx.Token
+            do! pourAsync em (f (QueueStream env.Input) token) token
+            do! em.EmitAsync()
+        }
+
+    /// Groups items into arrays of `size`; with a timeout, a partial group leaves
+    /// when `timeout` has passed since its first item. The end of input flushes it.
+    let batch (size: int) (timeout: TimeSpan option) (env: WorkerEnv<'a, 'a[]>) : Task =
+        task {
+            let one = Array.zeroCreate<'a[]> 1
+            let take = Array.zeroCreate<'a>(min Tuning.MaxBatch size)
+            let mutable group = Array.zeroCreate<'a> size
+            let mutable k = 0
+            let mutable deadline = 0L
+            let mutable go = true
+
+            let send () =
+                one[0] <- (if k = group.Length then group else Array.sub group 0 k)
+                group <- Array.zeroCreate size
+                k <- 0
+                Wait.writeAsync env.Output one 1
+
+            while go do
+                let struct (n, _, waiter) =
+                    env.Input.TryTake(take, min take.Length (size - k), true, null)
+
+                if not (isNull waiter) then
+                    let wait = Wait.taskOf waiter
+
+                    match timeout with
+                    | Some _ when k > 0 ->
+                        let remaining = deadline - Stopwatch.GetTimestamp()
+
+                        if remaining <= 0L then
+                            do! send ()
+                        else
+                            use cancel = CancellationTokenSource.CreateLinkedTokenSource env.Ctx.Token
+                            let delay = Task.Delay(Stopwatch.GetElapsedTime(0L, remaining), cancel.Token)
+                            let! first = Task.WhenAny(wait, delay)
+
+                            if obj.ReferenceEquals(first, delay) then
+                                do! send ()
+                            else
+                                cancel.Cancel()
+                    | _ -> do! wait
+                elif n = 0 then
+                    if k > 0 then
+                        do! send ()
+
+                    go <- false
+                else
+                    if k = 0 then
+                        deadline <-
+                            Stopwatch.GetTimestamp()
+                            + (match timeout with
+                               | Some t -> int64 (t.TotalSeconds * float Stopwatch.Frequency)
+                               | None -> 0L)
+
+                    Array.Copy(take, 0, group, k, n)
+                    k <- k + n
+
+                    if k = size then
+                        do! send ()
+        }

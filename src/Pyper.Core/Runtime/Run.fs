@@ -1,0 +1,241 @@
+namespace Pyper
+
+open System
+open Pyper.FSharp
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Text.Json
+open System.Runtime.CompilerServices
+open System.Runtime.ExceptionServices
+open System.Threading
+open System.Threading.Tasks
+open System.Threading.Tasks.Sources
+
+/// Streams of runs that a blocking consumer can enumerate directly, without the async path.
+type internal IBlockingRuns<'b> =
+    /// Starts a run (lazily, on the first MoveNext) as a blocking enumerator.
+    abstract Open: CancellationToken -> IEnumerator<'b>
+
+/// One run of a pipeline, as the consumer's enumerator: awaited (IAsyncEnumerator) or
+/// blocking (`MoveNextBlocking`, for `toSeq`). Nothing starts before the first move. Waiting
+/// for results allocates nothing: a blocking consumer waits with its thread's waiter, an
+/// awaiting one gets a ValueTask backed by the run itself, completed when its wait is signalled.
+[<Sealed>]
+type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> BatchQueue<'a>, token: CancellationToken) =
+    let ctx = RunContext token
+    let buf = Array.zeroCreate<'b> Tuning.MaxBatch
+    let mutable final: BatchQueue<'b> = null
+    let mutable pos = 0
+    let mutable len = 0
+    let mutable current = Unchecked.defaultof<'b>
+    let mutable finished: Task = null
+
+    /// The pending MoveNextAsync, when it had to wait.
+    let mutable pending =
+        ManualResetValueTaskSourceCore<bool>(RunContinuationsAsynchronously = true)
+
+    let finish () =
+        if isNull finished then
+            finished <- ctx.WhenFinished()
+
+        finished
+
+    let start () =
+        let src = source ctx
+        final <- pipeline.Wire ctx src
+        final.AddReaders 1
+        ctx.Register final
+        ctx.Start()
+
+    /// The run stopped: wait for every worker, then raise what stopped it.
+    let stopped () : Task<bool> =
+        task {
+            do! finish ()
+
+            match ctx.Error with
+            | null ->
+                token.ThrowIfCancellationRequested()
+                return raise (OperationCanceledException "The pipeline run was stopped.")
+            | e ->
+                ExceptionDispatchInfo.Capture(e).Throw()
+                return false
+        }
+
+    /// The results ended: wait for every worker, then answer false or raise the failure.
+    let ended () : Task<bool> =
+        task {
+            do! finish ()
+
+            if not (isNull ctx.Error) then
+                return! stopped ()
+            else
+                return false
+        }
+
+    let next () =
+        current <- buf[pos]
+        buf[pos] <- Unchecked.defaultof<'b>
+        pos <- pos + 1
+        true
+
+    /// Hands the consumed batch's room back and tries to take the next batch: Some true when
+    /// one landed, None when `waiter` was registered, else the end (Some false).
+    let tryRefill (waiter: IWaiter) =
+        if isNull final then
+            start ()
+
+        if len > 0 then
+            final.Release len
+            len <- 0
+            pos <- 0
+
+        let struct (n, _, wait) = final.TryTake(buf, Tuning.MaxBatch, false, waiter)
+
+        if n > 0 then
+            len <- n
+            ValueSome true
+        elif isNull wait then
+            ValueSome false
+        else
+            ValueNone
+
+    /// Completes the pending MoveNextAsync with what `t` answers.
+    member private this.Complete(t: Task<bool>) =
+        t.ContinueWith(
+            (fun (t: Task<bool>) ->
+                try
+                    pending.SetResult(t.GetAwaiter().GetResult() && next ())
+                with e ->
+                    pending.SetException e),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default
+        )
+        |> ignore
+
+    /// Moves to the next result, blocking the calling thread while none is ready.
+    member _.MoveNextBlocking() =
+        let sync (t: Task<bool>) = t.GetAwaiter().GetResult()
+
+        if pos < len then
+            next ()
+        else
+            try
+                let me = BlockingWaiter.ForThisThread
+                let mutable answer = ValueNone
+
+                while answer.IsNone do
+                    answer <- tryRefill me
+
+                    if answer.IsNone then
+                        me.Wait()
+
+                if answer.Value then next () else sync (ended ())
+            with :? RunAbortedException ->
+                sync (stopped ())
+
+    /// Stops the run (if it started) and waits until all of it is gone.
+    member _.Stop() : Task =
+        if isNull final then
+            ctx.DisposeUnstarted()
+            Task.CompletedTask
+        else
+            ctx.Cancel()
+            finish ()
+
+    interface IWaiter with
+        /// The wait of a pending MoveNextAsync is over: take the batch (or see the end).
+        member this.Signal() =
+            try
+                match tryRefill this with
+                | ValueSome true -> pending.SetResult(next ())
+                | ValueSome false -> this.Complete(ended ())
+                | ValueNone -> () // registered again (cannot happen with one reader, but harmless)
+            with
+            | :? RunAbortedException -> this.Complete(stopped ())
+            | e -> pending.SetException e
+
+    interface IValueTaskSource<bool> with
+        member _.GetResult(version) = pending.GetResult version
+        member _.GetStatus(version) = pending.GetStatus version
+
+        member _.OnCompleted(continuation, state, version, flags) =
+            pending.OnCompleted(continuation, state, version, flags)
+
+    interface IAsyncEnumerator<'b> with
+        member _.Current = current
+
+        member this.MoveNextAsync() =
+            if pos < len then
+                ValueTask<bool>(next ())
+            else
+                try
+                    pending.Reset()
+
+                    match tryRefill this with
+                    | ValueSome true -> ValueTask<bool>(next ())
+                    | ValueSome false -> ValueTask<bool>(ended ())
+                    | ValueNone -> ValueTask<bool>(this, pending.Version)
+                with :? RunAbortedException ->
+                    ValueTask<bool>(stopped ())
+
+        member this.DisposeAsync() = ValueTask(this.Stop())
+
+    interface IEnumerator<'b> with
+        member _.Current = current
+
+    interface Collections.IEnumerator with
+        member _.Current = box current
+        member this.MoveNext() = this.MoveNextBlocking()
+        member _.Reset() = raise (NotSupportedException())
+
+    interface IDisposable with
+        member this.Dispose() = this.Stop().GetAwaiter().GetResult()
+
+/// A pipeline applied to its input, enumerable any number of times (each enumeration is a new
+/// run), awaited or blocking.
+[<Sealed>]
+type internal RunSource<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> BatchQueue<'a>) =
+    interface IAsyncEnumerable<'b> with
+        member _.GetAsyncEnumerator(token) =
+            new Run<'a, 'b>(pipeline, source, token) :> IAsyncEnumerator<'b>
+
+    interface IBlockingRuns<'b> with
+        member _.Open(token) =
+            new Run<'a, 'b>(pipeline, source, token) :> IEnumerator<'b>
+
+/// A run as a blocking sequence: each enumeration is a new run; breaking out of the loop stops it.
+/// Failures surface as the original exception, never wrapped.
+[<Sealed>]
+type internal BlockingRun<'b>(results: IAsyncEnumerable<'b>, token: CancellationToken) =
+    static let wait (t: ValueTask<'T>) =
+        if t.IsCompletedSuccessfully then
+            t.Result
+        else
+            t.AsTask().GetAwaiter().GetResult()
+
+    interface IEnumerable<'b> with
+        member _.GetEnumerator() : IEnumerator<'b> =
+            match results with
+            | :? IBlockingRuns<'b> as runs -> runs.Open token // our own runs block without allocating
+            | _ ->
+                let run = results.GetAsyncEnumerator token
+
+                { new IEnumerator<'b> with
+                    member _.Current = run.Current
+                  interface Collections.IEnumerator with
+                      member _.Current = box run.Current
+                      member _.MoveNext() = wait (run.MoveNextAsync())
+                      member _.Reset() = raise (NotSupportedException())
+                  interface IDisposable with
+                      member _.Dispose() =
+                          let t = run.DisposeAsync()
+
+                          if not t.IsCompletedSuccessfully then
+                              t.AsTask().GetAwaiter().GetResult()
+                }
+
+        member this.GetEnumerator() : Collections.IEnumerator =
+            (this :> IEnumerable<'b>).GetEnumerator()

@@ -1,0 +1,183 @@
+namespace Pyper
+
+open System
+open Pyper.FSharp
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Text.Json
+open System.Runtime.CompilerServices
+open System.Runtime.ExceptionServices
+open System.Threading
+open System.Threading.Tasks
+open System.Threading.Tasks.Sources
+
+/// Turns stage descriptors into running workers.
+module internal Wiring =
+    /// A one-stage pipeline running `body` under `info`'s options.
+    let stage (info: StageInfo) (body: Body<'a, 'b>) : Pipeline<'a, 'b> =
+        let wire (ctx: RunContext) (input: BatchQueue<'a>) =
+            let name = StageInfo.runName (ctx.NextStageIndex()) info
+            input.AddReaders info.Workers
+            let output = BatchQueue<'b>(info.Capacity)
+            ctx.Register output
+
+            let turnstile =
+                if info.Ordered && info.Workers > 1 then
+                    let t = Turnstile()
+                    ctx.Register t
+                    t
+                else
+                    null
+
+            let env =
+                {
+                    Ctx = ctx
+                    Name = name
+                    Input = input
+                    Output = output
+                    Turnstile = turnstile
+                    Sizer =
+                        if info.Executor = Executor.Process then
+                            Sizer.Remote()
+                        else
+                            Sizer.InProcess()
+                }
+
+            let remaining = ref info.Workers
+
+            let finished () =
+                if Interlocked.Decrement &remaining.contents = 0 then
+                    output.Complete()
+                    input.CloseReaders()
+
+            let failed (e: exn) =
+                match e with
+                | :? ReadersGoneException -> finished ()
+                | e when ctx.IsStopEcho e -> ()
+                | e -> ctx.Fail(name, e)
+
+            ctx.OnStart(fun () ->
+                for w in 1 .. info.Workers do
+                    match body with
+                    | OnThread run ->
+                        ctx.StartThread(
+                            $"Pyper/{name}/{w}",
+                            fun () ->
+                                try
+                                    run env
+                                    finished ()
+                                with e ->
+                                    failed e
+                        )
+                    | OnPool run ->
+                        ctx.StartTask(fun () ->
+                            task {
+                                try
+                                    do! run env
+                                    finished ()
+                                with e ->
+                                    failed e
+                            }))
+
+            output
+
+        Pipeline<'a, 'b>([ info ], wire)
+
+    let private sourceFailed (ctx: RunContext) (e: exn) =
+        match e with
+        | :? ReadersGoneException -> ()
+        | e when ctx.IsStopEcho e -> ()
+        | e -> ctx.Fail("source", e)
+
+    /// The source queue of a run over one input.
+    let single (x: 'a) (_: RunContext) =
+        let q = BatchQueue<'a>(0)
+        Wait.write q [| x |] 1
+        q.Complete()
+        q
+
+    /// The source queue of a run over a sequence, filled by a dedicated thread (reading a
+    /// sequence may block; on a thread of its own it waits for room without allocating).
+    let ofSeq (source: seq<'a>) (ctx: RunContext) =
+        let q = BatchQueue<'a>(Tuning.SourceReadAhead)
+        ctx.Register q
+
+        let pump () =
+            let em = Emitter<'a>(q, null)
+            let eager = Workers.mayBlock source
+            use e = source.GetEnumerator()
+            let mutable go = true
+
+            // Read an item only when the queue has room for it: the source is never read
+            // further ahead than the queue's bound.
+            while go do
+                if em.Count >= q.Free then
+                    em.Emit()
+                    Wait.room q
+
+                go <- e.MoveNext()
+
+                if go && em.Add(e.Current, eager) then
+                    em.Emit()
+
+            em.Emit()
+            q.Complete()
+
+        ctx.OnStart(fun () ->
+            ctx.StartThread(
+                "Pyper/source",
+                fun () ->
+                    try
+                        pump ()
+                    with e ->
+                        sourceFailed ctx e
+            ))
+
+        q
+
+    /// The source queue of a run over an async stream, filled by its own async loop.
+    let ofAsyncSeq (source: IAsyncEnumerable<'a>) (ctx: RunContext) =
+        let q = BatchQueue<'a>(Tuning.SourceReadAhead)
+        ctx.Register q
+
+        let pump () : Task =
+            task {
+                let em = Emitter<'a>(q, null)
+
+                let flush () : Task =
+                    task {
+                        do! em.EmitAsync()
+                        do! Wait.roomAsync q
+                    }
+
+                let add x : Task =
+                    if em.Add(x, false) || em.Count >= q.Free then
+                        flush ()
+                    else
+                        Task.CompletedTask
+
+                do! Wait.roomAsync q
+
+                do!
+                    AsyncStream.forEach
+                        source
+                        ctx.Token
+                        (fun () -> if em.Count > 0 then flush () else Task.CompletedTask)
+                        add
+
+                do! em.EmitAsync()
+                q.Complete()
+            }
+
+        ctx.OnStart(fun () ->
+            ctx.StartTask(fun () ->
+                task {
+                    try
+                        do! pump ()
+                    with e ->
+                        sourceFailed ctx e
+                }))
+
+        q
