@@ -75,7 +75,7 @@ public static class FacadeTests
             var total = 0;
             await foreach (var output in ReadmeExample.Pipeline.Run(20)) total += output;
             Equal(total, 190, "total");
-            Equal(ReadmeExample.Pipeline.ToString(), "branch >=> map, 20 workers >=> map, 20 workers >=> map, 20 workers", "stages");
+            Equal(ReadmeExample.Pipeline.ToString(), "Pipeline<Int32, Int32>: branch #1 (threads) >=> map #2 (20 workers, async) >=> map #3 (20 workers, threads) >=> map #4 (20 workers, threads)", "stages");
         }),
 
         Case("a plain foreach works too", () =>

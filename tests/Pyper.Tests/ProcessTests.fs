@@ -86,7 +86,12 @@ let tests =
                     (sorted (collect (Pipeline.toSeqFrom xs onThreads)))
                     "same"
 
-                Expect.equal (inProcesses.Stages.Head.Executor) Executor.Process "a process stage")
+                Expect.equal (inProcesses.Stages.Head.Executor) Executor.Process "a process stage"
+
+                Expect.equal
+                    (string inProcesses)
+                    "Pipeline<Int32, Int32>: map #1 (2 workers, processes)"
+                    "shown as a process stage")
 
             testPropertyWithConfig
                 { FsCheckConfig.defaultConfig with

@@ -179,13 +179,21 @@ let tests =
                 let p =
                     Stage.branch (fun (n: int) -> seq { 1..n })
                     >=> Stage.map (id, workers = 20, name = "step2")
-
-                Expect.equal (string p) "branch >=> step2 (map, 20 workers)" "description"
+                    >=> Stage.mapTask ((fun x -> Task.FromResult x), ordered = true)
 
                 Expect.equal
-                    (p.Stages |> List.map (fun s -> s.Executor))
-                    [ Executor.Thread; Executor.Thread ]
-                    "executors")
+                    (string p)
+                    "Pipeline<Int32, Int32>: branch #1 (threads) >=> step2 (map, 20 workers, threads) >=> map #3 (ordered, async)"
+                    "description"
+
+                Expect.equal
+                    (p.Stages |> List.map (fun s -> s.Executor, s.Kind, s.Name))
+                    [
+                        Executor.Thread, StageKind.Branch, "branch"
+                        Executor.Thread, StageKind.Map, "step2"
+                        Executor.Async, StageKind.Map, "map"
+                    ]
+                    "executors, kinds and names")
 
             testCase "batches carry about 100 µs of work in-process and 2 ms across processes" (fun () ->
                 let ms = float Diagnostics.Stopwatch.Frequency / 1000.0

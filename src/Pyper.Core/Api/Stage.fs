@@ -7,13 +7,18 @@ open System.Threading
 open System.Threading.Tasks
 
 module internal Build =
-    let describe (name: string option) (kind: string) =
+    let describe (name: string option) (kind: StageKind) =
         match name with
-        | Some n -> $"Stage '{n}' ({kind})"
-        | None -> $"A {kind} stage"
+        | Some n -> $"Stage '{n}' ({StageInfo.label kind})"
+        | None -> $"A {StageInfo.label kind} stage"
+
+    /// Refuses a null function, naming the stage.
+    let notNull (kind: StageKind) (name: string option) (f: obj) =
+        if isNull f then
+            raise (ArgumentNullException("f", $"{describe name kind}: the function is null."))
 
     /// Checks a stage's options and returns its description; throws ArgumentException naming the stage and option.
-    let info (kind: string) (executor: Executor) (joins: bool) (f: obj) workers capacity ordered (name: string option) =
+    let info (kind: StageKind) (executor: Executor) (joins: bool) workers capacity ordered (name: string option) =
         let workers = defaultArg workers 1
         let capacity = defaultArg capacity Tuning.DefaultCapacity
         let ordered = defaultArg ordered false
@@ -21,11 +26,8 @@ module internal Build =
 
         match name with
         | Some n when String.IsNullOrWhiteSpace n ->
-            raise (ArgumentException($"A {kind} stage: name must not be empty or blank.", "name"))
+            raise (ArgumentException($"A {StageInfo.label kind} stage: name must not be empty or blank.", "name"))
         | _ -> ()
-
-        if isNull f then
-            raise (ArgumentNullException("f", $"{stage}: the function is null."))
 
         if workers < 1 then
             raise (ArgumentOutOfRangeException("workers", workers, $"{stage}: workers must be at least 1."))
@@ -49,11 +51,15 @@ module internal Build =
 
         StageInfo.create name kind executor workers capacity ordered
 
-    let thread kind joins f workers capacity ordered name body =
-        Wiring.stage (info kind Executor.Thread joins (box f) workers capacity ordered name) (OnThread body)
+    /// A stage whose workers are dedicated threads running `loop`.
+    let thread kind joins f workers capacity ordered name loop =
+        notNull kind name (box f)
+        Wiring.stage (info kind Executor.Thread joins workers capacity ordered name) (ThreadExecutor loop)
 
-    let pool kind joins f workers capacity ordered name body =
-        Wiring.stage (info kind Executor.Async joins (box f) workers capacity ordered name) (OnPool body)
+    /// A stage whose workers are async loops (`loop`) on the thread pool.
+    let pool kind joins f workers capacity ordered name loop =
+        notNull kind name (box f)
+        Wiring.stage (info kind Executor.Async joins workers capacity ordered name) (AsyncExecutor loop)
 
     let private isAsync (t: Type) =
         typeof<Task>.IsAssignableFrom t
@@ -64,8 +70,9 @@ module internal Build =
 
     /// A map stage whose workers are processes; `locate` finds how a worker re-creates the function.
     let processStage<'a, 'b> (f: obj) (locate: unit -> Result<FunctionRef, string>) workers capacity ordered name =
-        let info = info "map" Executor.Process false f workers capacity ordered name
-        let stage = describe name "map"
+        notNull StageKind.Map name f
+        let info = info StageKind.Map Executor.Process false workers capacity ordered name
+        let stage = describe name StageKind.Map
 
         if isAsync typeof<'b> then
             raise (
@@ -76,7 +83,7 @@ module internal Build =
             )
 
         match locate () with
-        | Ok fref -> Wiring.stage info (OnPool(ProcessWorkers.processMap fref)): Pipeline<'a, 'b>
+        | Ok fref -> Wiring.stage info (ProcessExecutor<'a, 'b> fref)
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
 
     /// For the C# facade: a process map stage from a delegate.
@@ -124,54 +131,67 @@ type Stage =
         if defaultArg multiprocess false then
             Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
         else
-            Build.thread "map" false f workers capacity ordered name (Workers.mapThread f)
+            Build.thread StageKind.Map false f workers capacity ordered name (Loops.mapThread f)
 
     static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "map" false f workers capacity ordered name (Workers.mapPool (fun x _ -> ValueTask<'b>(f x)))
+        Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool (fun x _ -> ValueTask<'b>(f x)))
 
     static member mapTask(f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "map" false f workers capacity ordered name (Workers.mapPool (fun x ct -> ValueTask<'b>(f x ct)))
-
-    static member mapValueTask(f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "map" false f workers capacity ordered name (Workers.mapPool (fun x _ -> f x))
-
-    static member mapValueTask(f: 'a -> CancellationToken -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "map" false f workers capacity ordered name (Workers.mapPool f)
-
-    static member mapAsync(f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.pool
-            "map"
+            StageKind.Map
             false
             f
             workers
             capacity
             ordered
             name
-            (Workers.mapPool (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(f x, ct))))
+            (Loops.mapPool (fun x ct -> ValueTask<'b>(f x ct)))
+
+    static member mapValueTask(f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
+        Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool (fun x _ -> f x))
+
+    static member mapValueTask(f: 'a -> CancellationToken -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
+        Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool f)
+
+    static member mapAsync(f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name) =
+        Build.pool
+            StageKind.Map
+            false
+            f
+            workers
+            capacity
+            ordered
+            name
+            (Loops.mapPool (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(f x, ct))))
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.thread "branch" false f workers capacity ordered name (Workers.branchThread f)
+        Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)
 
     static member branchStream(f: 'a -> IAsyncEnumerable<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "branch" false f workers capacity ordered name (Workers.branchPool (fun x _ -> f x))
+        Build.pool StageKind.Branch false f workers capacity ordered name (Loops.branchPool (fun x _ -> f x))
 
     static member join(f: seq<'a> -> 'b, ?workers, ?capacity, ?ordered, ?name) =
-        Build.thread "join" true f workers capacity ordered name (Workers.joinThread (f >> Build.one))
+        Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread (f >> Build.one))
 
     static member joinMany(f: seq<'a> -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.thread "join" true f workers capacity ordered name (Workers.joinThread f)
+        Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread f)
 
     static member joinTask(f: IAsyncEnumerable<'a> -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "join" true f workers capacity ordered name (Workers.joinPool (fun s _ -> Build.oneAsync (f s)))
+        Build.pool
+            StageKind.Join
+            true
+            f
+            workers
+            capacity
+            ordered
+            name
+            (Loops.joinPool (fun s _ -> Build.oneAsync (f s)))
 
     static member joinStream(f: IAsyncEnumerable<'a> -> IAsyncEnumerable<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "join" true f workers capacity ordered name (Workers.joinPool (fun s _ -> f s))
+        Build.pool StageKind.Join true f workers capacity ordered name (Loops.joinPool (fun s _ -> f s))
 
     static member batch(size: int, ?timeout: TimeSpan, ?workers, ?capacity, ?ordered, ?name) : Pipeline<'a, 'a array> =
-        let stage =
-            match name with
-            | Some n -> $"Stage '{n}' (batch)"
-            | None -> "A batch stage"
+        let stage = Build.describe name StageKind.Batch
 
         if size < 1 then
             raise (ArgumentOutOfRangeException("size", size, $"{stage}: size must be at least 1."))
@@ -181,4 +201,7 @@ type Stage =
             raise (ArgumentOutOfRangeException("timeout", t, $"{stage}: timeout must be positive."))
         | _ -> ()
 
-        Build.pool "batch" true (box size) workers capacity ordered name (Workers.batch size timeout)
+        let info =
+            Build.info StageKind.Batch Executor.Async true workers capacity ordered name
+
+        Wiring.stage info (AsyncExecutor(Loops.batch size timeout))

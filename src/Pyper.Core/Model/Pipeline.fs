@@ -5,10 +5,25 @@ type Executor =
     | Async = 1
     | Process = 2
 
+type StageKind =
+    | Map = 0
+    | Branch = 1
+    | Join = 2
+    | Batch = 3
+
 [<Sealed>]
 type StageInfo
-    internal (name: string option, kind: string, executor: Executor, workers: int, capacity: int, ordered: bool) =
-    member _.Name = defaultArg name kind
+    internal (name: string option, kind: StageKind, executor: Executor, workers: int, capacity: int, ordered: bool) =
+    static let label (kind: StageKind) = kind.ToString().ToLowerInvariant()
+
+    static let executorLabel (executor: Executor) =
+        match executor with
+        | Executor.Thread -> "threads"
+        | Executor.Async -> "async"
+        | Executor.Process -> "processes"
+        | e -> string e
+
+    member _.Name = defaultArg name (label kind)
     member internal _.GivenName = name
     member _.Kind = kind
     member _.Executor = executor
@@ -16,29 +31,36 @@ type StageInfo
     member _.Capacity = capacity
     member _.Ordered = ordered
 
-    override _.ToString() =
-        let opts =
-            [
-                kind
-                if workers > 1 then
-                    $"{workers} workers"
-                if ordered then
-                    "ordered"
-            ]
-            |> String.concat ", "
+    /// The stage's options, e.g. "map, 20 workers, ordered, processes".
+    member internal _.Describe(showKind: bool) =
+        [
+            if showKind then
+                label kind
+            if workers > 1 then
+                $"{workers} workers"
+            if ordered then
+                "ordered"
+            executorLabel executor
+        ]
+        |> String.concat ", "
 
+    override this.ToString() =
         match name with
-        | Some n -> $"{n} ({opts})"
-        | None -> opts
+        | Some n -> $"{n} ({this.Describe true})"
+        | None -> $"{label kind} ({this.Describe false})"
+
+    static member internal Label(kind: StageKind) = label kind
 
 module internal StageInfo =
     let create name kind executor workers capacity ordered =
         StageInfo(name, kind, executor, workers, capacity, ordered)
 
+    let label (kind: StageKind) = StageInfo.Label kind
+
     let runName (index: int) (s: StageInfo) =
         match s.GivenName with
         | Some n -> n
-        | None -> $"{s.Kind} #{index}"
+        | None -> $"{label s.Kind} #{index}"
 
 namespace Pyper.FSharp
 
@@ -61,6 +83,15 @@ type Pipeline<'a, 'b> internal (stages: StageInfo list, wire: RunContext -> Batc
         Pipeline<'a, 'c>(left.Stages @ right.Stages, (fun ctx src -> rw ctx (lw ctx src)))
 
     override _.ToString() =
+        let title = $"Pipeline<{typeof<'a>.Name}, {typeof<'b>.Name}>"
+
         match stages with
-        | [] -> "id"
-        | _ -> stages |> List.map string |> String.concat " >=> "
+        | [] -> $"{title}: id"
+        | _ ->
+            stages
+            |> List.mapi (fun i s ->
+                match s.GivenName with
+                | Some n -> $"{n} ({s.Describe true})"
+                | None -> $"{StageInfo.runName (i + 1) s} ({s.Describe false})")
+            |> String.concat " >=> "
+            |> fun body -> $"{title}: {body}"

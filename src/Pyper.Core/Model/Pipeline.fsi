@@ -12,13 +12,25 @@ type Executor =
     /// Each worker is a separate process (`multiprocess`): for isolation of CPU-heavy or unsafe work.
     | Process = 2
 
+/// What a stage does with its items.
+type StageKind =
+    /// One result per item (`Stage.map` and its async forms).
+    | Map = 0
+    /// Any number of results per item, flattened downstream (`Stage.branch`, `branchStream`).
+    | Branch = 1
+    /// Reads the whole upstream stream (`Stage.join`, `joinMany`, `joinTask`, `joinStream`).
+    | Join = 2
+    /// Groups items into arrays (`Stage.batch`).
+    | Batch = 3
+
 /// What a stage is, as built: its name, kind, executor and options.
 [<Sealed>]
 type StageInfo =
-    /// The name given with `name`, or the kind and position (e.g. "map #2") when none was given.
+    /// The name given with `name`, or the kind in lower case (e.g. "map") when none was given.
+    /// In a run's errors an unnamed stage is called by kind and position (e.g. "map #2").
     member Name: string
-    /// The stage kind: map, branch, join or batch.
-    member Kind: string
+    /// What the stage does with its items.
+    member Kind: StageKind
     /// How the stage's workers run.
     member Executor: Executor
     /// The number of workers.
@@ -32,7 +44,7 @@ type StageInfo =
 module internal StageInfo =
     val create:
         name: string option ->
-        kind: string ->
+        kind: StageKind ->
         executor: Executor ->
         workers: int ->
         capacity: int ->
@@ -41,6 +53,9 @@ module internal StageInfo =
 
     /// The stage's name in a run: its own, or kind and position.
     val runName: index: int -> StageInfo -> string
+
+    /// The kind as written in names and messages ("map", "branch", "join", "batch").
+    val label: kind: StageKind -> string
 
 namespace Pyper.FSharp
 
@@ -57,5 +72,6 @@ type Pipeline<'a, 'b> =
     member internal Wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>)
     /// Kleisli composition over streams: every output of the left pipeline is an input of the right one.
     static member (>=>): left: Pipeline<'a, 'b> * right: Pipeline<'b, 'c> -> Pipeline<'a, 'c>
-    /// The stages, e.g. "branch #1 >=> step2 (map, 20 workers)".
+    /// What the pipeline is and its stages in order, each with its name, kind, workers and executor,
+    /// e.g. "Pipeline<Int32, Int32>: branch #1 (threads) >=> step2 (map, 20 workers, threads)".
     override ToString: unit -> string

@@ -13,8 +13,8 @@ open System.Threading
 open System.Threading.Tasks
 open System.Threading.Tasks.Sources
 
-/// The worker loops: one per stage kind and executor.
-module internal Workers =
+/// The stage loops: how a worker of each stage kind takes batches, calls the function and hands results on (blocking loops for dedicated threads, awaiting ones for async workers).
+module internal Loops =
     let private newBuf<'T> () = Array.zeroCreate<'T> Tuning.MaxBatch
 
     /// A thread worker's loop: takes batches (blocking) into `input` until the input ends,

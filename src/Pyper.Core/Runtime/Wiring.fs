@@ -15,8 +15,8 @@ open System.Threading.Tasks.Sources
 
 /// Turns stage descriptors into running workers.
 module internal Wiring =
-    /// A one-stage pipeline running `body` under `info`'s options.
-    let stage (info: StageInfo) (body: Body<'a, 'b>) : Pipeline<'a, 'b> =
+    /// A one-stage pipeline whose workers `executor` runs under `info`'s options.
+    let stage (info: StageInfo) (executor: StageExecutor<'a, 'b>) : Pipeline<'a, 'b> =
         let wire (ctx: RunContext) (input: BatchQueue<'a>) =
             let name = StageInfo.runName (ctx.NextStageIndex()) info
             input.AddReaders info.Workers
@@ -31,20 +31,6 @@ module internal Wiring =
                 else
                     null
 
-            let env =
-                {
-                    Ctx = ctx
-                    Name = name
-                    Input = input
-                    Output = output
-                    Turnstile = turnstile
-                    Sizer =
-                        if info.Executor = Executor.Process then
-                            Sizer.Remote()
-                        else
-                            Sizer.InProcess()
-                }
-
             let remaining = ref info.Workers
 
             let finished () =
@@ -52,41 +38,35 @@ module internal Wiring =
                     output.Complete()
                     input.CloseReaders()
 
-            let failed (e: exn) =
+            let ended (e: exn) =
                 match e with
+                | null
                 | :? ReadersGoneException -> finished ()
                 | e when ctx.IsStopEcho e -> ()
                 | e -> ctx.Fail(name, e)
 
             ctx.OnStart(fun () ->
                 for w in 1 .. info.Workers do
-                    match body with
-                    | OnThread run ->
-                        ctx.StartThread(
-                            $"Pyper/{name}/{w}",
-                            fun () ->
-                                try
-                                    run env
-                                    finished ()
-                                with e ->
-                                    failed e
-                        )
-                    | OnPool run ->
-                        ctx.StartTask(fun () ->
-                            task {
-                                try
-                                    do! run env
-                                    finished ()
-                                with e ->
-                                    failed e
-                            }))
+                    let env =
+                        {
+                            Ctx = ctx
+                            Name = name
+                            Worker = w
+                            Input = input
+                            Output = output
+                            Turnstile = turnstile
+                            Sizer = Sizer executor.Quantum
+                        }
+
+                    executor.Start(env, ended))
 
             output
 
         Pipeline<'a, 'b>([ info ], wire)
 
-    let private sourceFailed (ctx: RunContext) (e: exn) =
+    let private sourceEnded (ctx: RunContext) (e: exn) =
         match e with
+        | null
         | :? ReadersGoneException -> ()
         | e when ctx.IsStopEcho e -> ()
         | e -> ctx.Fail("source", e)
@@ -106,7 +86,7 @@ module internal Wiring =
 
         let pump () =
             let em = Emitter<'a>(q, null)
-            let eager = Workers.mayBlock source
+            let eager = Loops.mayBlock source
             use e = source.GetEnumerator()
             let mutable go = true
 
@@ -125,15 +105,7 @@ module internal Wiring =
             em.Emit()
             q.Complete()
 
-        ctx.OnStart(fun () ->
-            ctx.StartThread(
-                "Pyper/source",
-                fun () ->
-                    try
-                        pump ()
-                    with e ->
-                        sourceFailed ctx e
-            ))
+        ctx.OnStart(fun () -> ctx.StartThread("Pyper/source", pump, sourceEnded ctx))
 
         q
 
@@ -171,13 +143,6 @@ module internal Wiring =
                 q.Complete()
             }
 
-        ctx.OnStart(fun () ->
-            ctx.StartTask(fun () ->
-                task {
-                    try
-                        do! pump ()
-                    with e ->
-                        sourceFailed ctx e
-                }))
+        ctx.OnStart(fun () -> ctx.StartTask(pump, sourceEnded ctx))
 
         q

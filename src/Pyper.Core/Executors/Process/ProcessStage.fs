@@ -15,7 +15,7 @@ open System.Threading.Tasks.Sources
 
 /// The process executor's stage worker: one worker process per stage worker.
 module internal ProcessWorkers =
-    open Workers
+    open Loops
 
     /// and can make one from a message (no assembly is loaded for it), else a RemoteStageException.
     let private remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
@@ -150,3 +150,14 @@ module internal ProcessWorkers =
                 else
                     worker.Close(not token.IsCancellationRequested)
         }
+
+/// The process executor: each worker is an awaiting loop on the thread pool that hands batches to
+/// a worker process of its own (`ProcessWorkers.processMap`) and waits for their results.
+[<Sealed>]
+type internal ProcessExecutor<'a, 'b>(fref: FunctionRef) =
+    inherit StageExecutor<'a, 'b>()
+    override _.Kind = Executor.Process
+    override _.Quantum = Sizer.RemoteQuantum
+
+    override _.Start(env, ended) =
+        env.Ctx.StartTask((fun () -> ProcessWorkers.processMap fref env), ended)

@@ -70,11 +70,10 @@ type internal WorkerProcess(proc: Process, stream: NetworkStream, path: string) 
 /// (`DedicatedThreads.keepAlive`, the same setting) it is closed. A worker whose stage failed
 /// or was stopped is never reused.
 module internal WorkerPool =
-    let private sync = obj ()
-    /// Parked workers, the most recently parked last (taken first, so cold ones time out).
-    let private idle = List<WorkerProcess>()
-
-    let private remove (w: WorkerProcess) = lock sync (fun () -> idle.Remove w)
+    /// Parked workers; only this module parks, takes and removes them. A parked worker's timer is
+    /// set before it parks and disposed by whoever takes it out: a timer that fires after that finds
+    /// the worker gone from the lot and does nothing.
+    let private idle = ParkingLot<WorkerProcess>()
 
     /// Observes a task we may stop waiting for, so that its failure is never unobserved.
     let private observe (t: Task) =
@@ -146,20 +145,12 @@ module internal WorkerPool =
     /// A parked worker, or a new one. The caller sets `OnExit` at once.
     let acquire (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
         let rec parked () =
-            let w =
-                lock sync (fun () ->
-                    if idle.Count = 0 then
-                        null
-                    else
-                        let w = idle[idle.Count - 1]
-                        idle.RemoveAt(idle.Count - 1)
-                        w.Timer.Dispose()
-                        w.Timer <- null
-                        w)
-
-            match w with
+            match idle.TryTake() with
             | null -> null
             | w ->
+                w.Timer.Dispose()
+                w.Timer <- null
+
                 if w.Process.HasExited then
                     w.Close false
                     parked ()
@@ -181,39 +172,36 @@ module internal WorkerPool =
 
             w.OnExit <-
                 Action(fun () ->
-                    if remove w then
+                    if idle.Remove w then
                         w.Close false)
 
-            lock sync (fun () ->
-                // The timer's callback takes this lock too: it cannot act before the worker is in.
-                w.Timer <-
-                    new Timer(
-                        (fun _ ->
-                            if remove w then
-                                w.Close true),
-                        null,
-                        keepAlive,
-                        Timeout.Infinite
-                    )
+            // Made before the worker parks (whoever takes it out disposes it), started once it is
+            // in the lot (a keep-alive that ran out before would find nothing to remove).
+            let timer =
+                new Timer(
+                    (fun _ ->
+                        if idle.Remove w then
+                            w.Close true),
+                    null,
+                    Timeout.Infinite,
+                    Timeout.Infinite
+                )
 
-                idle.Add w)
+            w.Timer <- timer
+            idle.Park w
+
+            try
+                timer.Change(keepAlive, Timeout.Infinite) |> ignore
+            with :? ObjectDisposedException ->
+                () // taken already
 
     /// The number of parked workers.
-    let idleCount () = lock sync (fun () -> idle.Count)
+    let idleCount () = idle.Count
 
     /// Closes every parked worker now and waits until each has exited (tests check that nothing
     /// is left; a host may call it before unloading).
     let retireIdle () =
-        let all =
-            lock sync (fun () ->
-                let all = idle.ToArray()
-                idle.Clear()
-
-                for w in all do
-                    w.Timer.Dispose()
-                    w.Timer <- null
-
-                all)
-
-        for w in all do
+        for w in idle.TakeAll() do
+            w.Timer.Dispose()
+            w.Timer <- null
             w.Close true

@@ -126,8 +126,9 @@ type internal RunContext(userToken: CancellationToken) =
         | :? OperationCanceledException -> cts.IsCancellationRequested
         | _ -> false
 
-    /// Runs a worker on a dedicated thread (see `DedicatedThreads`); `body` never throws (see `Guard`).
-    member _.StartThread(name: string, body: unit -> unit) =
+    /// Runs `body` on a dedicated thread (see `DedicatedThreads`), then `ended` with null, or with
+    /// the exception `body` threw; the run finishes only once the thread has parked.
+    member _.StartThread(name: string, body: unit -> unit, ended: exn -> unit) =
         let done' = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
         Live.threadStarted ()
         workers.Add done'.Task
@@ -136,26 +137,33 @@ type internal RunContext(userToken: CancellationToken) =
             name
             (fun () ->
                 try
-                    body ()
+                    try
+                        body ()
+                        ended null
+                    with e ->
+                        ended e
                 finally
                     Live.threadEnded ())
             done'.SetResult
 
-    /// Runs an async worker on the thread pool; `body` never throws (see `Guard`).
-    member _.StartTask(body: unit -> Task) =
+    /// Runs `body` as an async worker on the thread pool, then `ended` with null, or with the
+    /// exception `body` threw.
+    member _.StartTask(body: unit -> Task, ended: exn -> unit) =
         Live.taskStarted ()
 
-        let t =
-            Task
-                .Run(body)
-                .ContinueWith(
-                    (fun (_: Task) -> Live.taskEnded ()),
-                    CancellationToken.None,
-                    TaskContinuationOptions.ExecuteSynchronously,
-                    TaskScheduler.Default
-                )
+        let run () : Task =
+            task {
+                try
+                    try
+                        do! body ()
+                        ended null
+                    with e ->
+                        ended e
+                finally
+                    Live.taskEnded ()
+            }
 
-        workers.Add t
+        workers.Add(Task.Run run)
 
     /// Starts every stage of the run.
     member _.Start() =

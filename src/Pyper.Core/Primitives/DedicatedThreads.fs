@@ -66,16 +66,13 @@ module internal DedicatedThreads =
         /// Waits for the next job; false when none came within `timeout` ms.
         member _.Wait(timeout: int) = signal.Wait timeout
 
-    let private sync = obj ()
-    /// Parked threads, the most recently parked last (it is taken first, so cold threads time out).
-    let private idle = List<Slot>()
-
-    let private park (slot: Slot) = lock sync (fun () -> idle.Add slot)
+    /// Parked threads; only this module parks, takes and removes them.
+    let private idle = ParkingLot<Slot>()
 
     let private next (slot: Slot) : Job =
         if slot.Wait(keepAlive ()) then
             slot.Job
-        elif lock sync (fun () -> idle.Remove slot) then
+        elif idle.Remove slot then
             null // retired
         else
             // Taken by `start` just as the keep-alive ran out: its job is on the way.
@@ -98,7 +95,7 @@ module internal DedicatedThreads =
                 slot.Job <- null // nothing of the run stays reachable from a parked thread
                 // Parked before the run hears that the worker is done, so a finished run has
                 // every one of its threads either parked or exited.
-                park slot
+                idle.Park slot
                 current.Parked()
 
             job <- next slot
@@ -108,14 +105,7 @@ module internal DedicatedThreads =
     let start (name: string) (body: unit -> unit) (parked: unit -> unit) =
         let job = Job(name, body, parked)
 
-        let slot =
-            lock sync (fun () ->
-                if idle.Count = 0 then
-                    null
-                else
-                    let s = idle[idle.Count - 1]
-                    idle.RemoveAt(idle.Count - 1)
-                    s)
+        let slot = idle.TryTake()
 
         if isNull slot then
             let slot = Slot(Job = job)
@@ -126,16 +116,12 @@ module internal DedicatedThreads =
             slot.Give job
 
     /// The number of parked threads.
-    let idleCount () = lock sync (fun () -> idle.Count)
+    let idleCount () = idle.Count
 
     /// Makes every parked thread exit now and waits until they have (tests check that nothing is
     /// left; a host may call it before unloading).
     let retireIdle () =
-        let slots =
-            lock sync (fun () ->
-                let all = idle.ToArray()
-                idle.Clear()
-                all)
+        let slots = idle.TakeAll()
 
         for s in slots do
             s.Give null
