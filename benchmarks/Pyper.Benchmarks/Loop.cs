@@ -39,7 +39,8 @@ public static class Loop
             "C#" => () => Peers.RunCSharp(csharp, source).Result,
             "Dataflow" => () => Peers.Dataflow(source, 3, workers, Stage.DefaultCapacity, inc).Result,
             "Channels" => () => Peers.Channels(source, 3, workers, Stage.DefaultCapacity, inc).Result,
-            _ => throw new ArgumentException($"--loop: unknown system '{who}' (F#, C#, Dataflow, Channels)"),
+            "ChannelsChunked" => () => Peers.ChannelsChunked(source, 3, workers, Stage.DefaultCapacity, x => x + 1).Result,
+            _ => throw new ArgumentException($"--loop: unknown system '{who}' (F#, C#, Dataflow, Channels, ChannelsChunked)"),
         };
 
         var (runs, elapsed, _, allocated) = Repeat(once, time);

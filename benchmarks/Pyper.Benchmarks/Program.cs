@@ -9,7 +9,7 @@ using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using Pyper.Benchmarks;
 
 // One scenario in a loop (dotnet fsi build.fsx profile runs the first under dotnet-trace):
-//   --loop <F#|C#|Dataflow|Channels> <workers> <seconds>   3 trivial stages over 1,000,000 ints
+//   --loop <F#|C#|Dataflow|Channels|ChannelsChunked> <workers> <seconds>   3 trivial stages over 1,000,000 ints
 //   --loop-cpu <threads|processes|Channels> <items> <workers> <seconds>   scenario 4's CPU stage
 if (args is ["--loop", var who, var workers, var seconds])
     return Loop.Overhead(who, int.Parse(workers), TimeSpan.FromSeconds(int.Parse(seconds)));

@@ -44,6 +44,9 @@ public class Overhead
     public Task<long> Channels() => Peers.Channels(source, 3, Workers, Stage.DefaultCapacity, Inc);
 
     [Benchmark(OperationsPerInvoke = Items)]
+    public Task<long> ChannelsChunked() => Peers.ChannelsChunked(source, 3, Workers, Stage.DefaultCapacity, x => x + 1);
+
+    [Benchmark(OperationsPerInvoke = Items)]
     public long PyperFSharp() => Peers.RunFSharp(fsharp, source);
 
     [Benchmark(OperationsPerInvoke = Items)]
