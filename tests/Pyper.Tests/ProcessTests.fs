@@ -255,7 +255,7 @@ let tests =
                     waitUntil "no worker process left" (fun () ->
                         Array.isEmpty (workerProcesses Environment.ProcessId))))
 
-            processTest "workers exit on their own when their parent is killed" (fun () ->
+            processTest "workers exit on their own when their parent is killed, leaving nothing in TMPDIR" (fun () ->
                 let here = Path.GetDirectoryName(typeof<Reading>.Assembly.Location)
                 let config = DirectoryInfo(here).Parent.Name
 
@@ -280,6 +280,11 @@ let tests =
 
                 psi.ArgumentList.Add "exec"
                 psi.ArgumentList.Add probe
+                // A TMPDIR of its own, to see what a killed parent leaves in it.
+                let tmp =
+                    Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), $"killed-{Guid.NewGuid():N}")).FullName
+
+                psi.Environment["TMPDIR"] <- tmp
                 use parent = Process.Start psi
                 Expect.equal (parent.StandardOutput.ReadLine()) "started" "the probe started"
                 waitUntil "the probe's two workers" (fun () -> (workerProcesses parent.Id).Length = 2)
@@ -298,5 +303,8 @@ let tests =
                             false)
 
                 waitUntil "the orphaned workers to exit" (fun () -> Array.isEmpty (alive ()))
-                Expect.isLessThan clock.Elapsed (TimeSpan.FromSeconds 2.0) "within two seconds")
+                Expect.isLessThan clock.Elapsed (TimeSpan.FromSeconds 2.0) "within two seconds"
+                let left = Directory.GetFileSystemEntries(tmp, "pyper-*")
+                Directory.Delete(tmp, true)
+                Expect.equal left [||] "no pyper entry left in the parent's TMPDIR")
         ]

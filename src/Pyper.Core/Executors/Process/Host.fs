@@ -116,11 +116,7 @@ module internal ProcessHost =
         Console.Out.Flush()
         resolveIn AppContext.BaseDirectory
 
-        use socket =
-            new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-
-        socket.Connect(UnixDomainSocketEndPoint(arg "--socket"))
-        use stream = new NetworkStream(socket, true)
+        use stream = new NetworkStream(WorkerChannel.connect (arg "--socket"), true)
         let mutable run = Unchecked.defaultof<IBatchRunner>
         let mutable go = true
 

@@ -18,7 +18,7 @@ module internal ProcessWorkers =
     open Loops
 
     /// and can make one from a message (no assembly is loaded for it), else a RemoteStageException.
-    let private remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
+    let remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
         let typeName = f.Type.Split(',')[0]
 
         let loaded =

@@ -12,7 +12,7 @@ open System.Threading.Tasks
 /// A worker process and its connection. It serves one process-stage worker at a time; between
 /// runs it parks in `WorkerPool` (starting a .NET runtime costs about 100 ms of CPU here).
 [<Sealed; AllowNullLiteral>]
-type internal WorkerProcess(proc: Process, stream: NetworkStream, path: string) =
+type internal WorkerProcess(proc: Process, stream: NetworkStream) =
     [<VolatileField>]
     let mutable onExit: Action = null
 
@@ -44,11 +44,10 @@ type internal WorkerProcess(proc: Process, stream: NetworkStream, path: string) 
         if Interlocked.Exchange(&closed, 1) = 0 then
             onExit <- null
             stream.Dispose()
-            WorkerProcess.End(proc, path, wait)
+            WorkerProcess.End(proc, wait)
 
-    /// Reaps a worker process (killing it unless it exits within 2 s, with `wait`, or at once)
-    /// and deletes its socket file.
-    static member End(proc: Process, path: string, wait: bool) =
+    /// Reaps a worker process (killing it unless it exits within 2 s, with `wait`, or at once).
+    static member End(proc: Process, wait: bool) =
         if not (proc.WaitForExit(if wait then 2000 else 0)) then
             try
                 proc.Kill true
@@ -58,11 +57,6 @@ type internal WorkerProcess(proc: Process, stream: NetworkStream, path: string) 
             proc.WaitForExit()
 
         proc.Dispose()
-
-        try
-            File.Delete path
-        with _ ->
-            ()
 
 /// Worker processes of process stages, reused across runs like dedicated threads: a worker
 /// whose stage finished cleanly parks, connected and idle, and serves the next process-stage
@@ -101,18 +95,13 @@ module internal WorkerPool =
         else
             Nullable()
 
-    /// Starts a worker process and waits until it connects (or exits, or the run stops).
-    let private start (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
+    /// Starts a worker process and waits until it connects (or exits, or the run stops);
+    /// `listening` is called with the channel's address before the process starts (tests).
+    let startWith (listening: string -> unit) (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
         task {
-            let path =
-                Path.Combine(Path.GetTempPath(), $"pyper-{Environment.ProcessId}-{Guid.NewGuid():N}.sock")
-
-            use listener =
-                new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-
-            listener.Bind(UnixDomainSocketEndPoint path)
-            listener.Listen 1
-            let proc = WorkerProcesses.start path
+            use listener = WorkerChannel.listen (WorkerChannel.defaultKind ())
+            listening listener.Address
+            let proc = WorkerProcesses.start listener.Address
             let mutable worker: WorkerProcess = null
             proc.EnableRaisingEvents <- true
 
@@ -122,7 +111,7 @@ module internal WorkerPool =
                 | w -> w.Exited())
 
             try
-                let accept = listener.AcceptAsync(token).AsTask()
+                let accept = listener.AcceptFrom(proc.Id, token)
                 let exited = proc.WaitForExitAsync token
                 observe accept
                 observe exited
@@ -134,10 +123,10 @@ module internal WorkerPool =
 
                 // Its exit from here on goes to the OnExit the caller sets (which then checks
                 // HasExited, for an exit in between).
-                worker <- WorkerProcess(proc, new NetworkStream(accept.GetAwaiter().GetResult(), true), path)
+                worker <- WorkerProcess(proc, new NetworkStream(accept.GetAwaiter().GetResult(), true))
                 return worker
             with e ->
-                WorkerProcess.End(proc, path, false)
+                WorkerProcess.End(proc, false)
                 ExceptionDispatchInfo.Throw e
                 return null
         }
@@ -158,7 +147,7 @@ module internal WorkerPool =
                     w
 
         match parked () with
-        | null -> start stage token
+        | null -> startWith ignore stage token
         | w -> Task.FromResult w
 
     /// A worker whose stage finished cleanly (no batch in flight): parks it for the keep-alive.
