@@ -105,6 +105,9 @@ module internal WorkerPool =
     /// Starts a worker process and waits until it connects (or exits, or the run stops).
     let private start (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
         task {
+            // A missing host fails the stage here, before a socket file exists.
+            let host = WorkerProcesses.workerPath ()
+
             let path =
                 Path.Combine(Path.GetTempPath(), $"pyper-{Environment.ProcessId}-{Guid.NewGuid():N}.sock")
 
@@ -113,7 +116,7 @@ module internal WorkerPool =
 
             listener.Bind(UnixDomainSocketEndPoint path)
             listener.Listen 1
-            let proc = WorkerProcesses.start path
+            let proc = WorkerProcesses.start host path
             let mutable worker: WorkerProcess = null
             proc.EnableRaisingEvents <- true
 
