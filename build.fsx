@@ -72,23 +72,28 @@ let captureIn (dir: string) (exe: string) (arguments: string list) (env: (string
     p.WaitForExit()
     p.ExitCode, lock out (fun () -> out.ToString())
 
-/// Runs a program and fails the build when it fails. Its output (restore, build and pack chatter)
-/// is shown with --verbose, else only when it fails.
-let exec exe arguments =
-    let code =
-        if verbose then
-            run exe arguments []
-        else
-            let code, out = captureIn root exe arguments []
-
-            if code <> 0 then
-                eprintf "%s" out
-
-            code
-
+/// Fails the build when a program failed.
+let check exe arguments code =
     if code <> 0 then
         eprintfn "build.fsx: '%s %s' failed with exit code %d" exe (String.concat " " arguments) code
         exit code
+
+/// Runs a program, showing its output, and fails the build when it fails.
+let exec exe arguments =
+    run exe arguments [] |> check exe arguments
+
+/// Runs a restore, build or pack step and fails the build when it fails: its output is shown with
+/// --verbose, else only when it fails.
+let quiet exe arguments =
+    if verbose then
+        exec exe arguments
+    else
+        let code, out = captureIn root exe arguments []
+
+        if code <> 0 then
+            eprintf "%s" out
+
+        check exe arguments code
 
 /// Runs a program and returns its exit code and what it printed.
 let capture (exe: string) (arguments: string list) =
@@ -132,19 +137,19 @@ let restore () =
     Environment.SetEnvironmentVariable("DOTNET_CLI_TELEMETRY_OPTOUT", "1")
     Environment.SetEnvironmentVariable("DOTNET_NOLOGO", "1")
     setPackageSource ()
-    exec "dotnet" [ "tool"; "restore" ]
+    quiet "dotnet" [ "tool"; "restore" ]
     // paket.lock is not tracked (it records the resolved feed address): resolve from the exact pins.
-    exec "dotnet" [ "paket"; "install" ]
+    quiet "dotnet" [ "paket"; "install" ]
 
 let build () =
     restore ()
-    exec "dotnet" [ "build"; "Pyper.sln"; "-c"; "Release"; "--nologo"; "-v"; "minimal" ]
+    quiet "dotnet" [ "build"; "Pyper.sln"; "-c"; "Release"; "--nologo"; "-v"; "minimal" ]
 
 /// Packs the two packages (Pyper, Pyper.CSharp: the IsPackable projects) from the Release build
 /// into `output`, with extra MSBuild arguments.
 let packTo (output: string) (extra: string list) =
     for project in [ "src/Pyper.Core"; "src/Pyper.CSharp" ] do
-        exec "dotnet" ([ "pack"; project; "-c"; "Release"; "--nologo"; "-o"; output ] @ extra)
+        quiet "dotnet" ([ "pack"; project; "-c"; "Release"; "--nologo"; "-o"; output ] @ extra)
 
 /// The `pack` target: a deterministic build with normalised paths (for SourceLink), packed with
 /// symbols into artifacts/packages.
