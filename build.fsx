@@ -3,20 +3,35 @@
 //
 // Targets:
 //   build   restore tools and packages, build everything (Release)
+//   pack    the NuGet packages Pyper and Pyper.CSharp, with symbols, into artifacts/packages
 //   test    build, run every test suite, end with one line "N passed, N failed"
+//   install build, pack, and use the packages from fresh C# and F# projects and a script (part of test)
 //   demo    build, run the README example (F# and C#)
 //   bench   build, run the benchmarks (BenchmarkDotNet); extra arguments go to BenchmarkDotNet
 //   profile build, trace scenario 1 in a loop with dotnet-trace and print the top frames
 //           (profile [F# | C# | Dataflow | Channels] [workers]; default F# 1)
 //   format  format the F# sources with Fantomas
 //   soak    build, run the long randomized fault campaign
+//
+// Restore, build and pack output shows only when a step fails, or always with --verbose.
+
+#load "tests/install/Install.fsx"
 
 open System
 open System.Diagnostics
 open System.IO
 
 let root = __SOURCE_DIRECTORY__
-let args = fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray
+
+/// `--verbose` (anywhere) shows restore, build and pack output; without it, a step's output is
+/// shown only when the step fails.
+let verbose = fsi.CommandLineArgs |> Array.contains "--verbose"
+
+let args =
+    fsi.CommandLineArgs
+    |> Array.skip 1
+    |> Array.filter ((<>) "--verbose")
+    |> List.ofArray
 
 /// Runs a program in the repository, streaming its output; returns its exit code.
 let run (exe: string) (arguments: string list) (env: (string * string) list) =
@@ -27,13 +42,58 @@ let run (exe: string) (arguments: string list) (env: (string * string) list) =
     p.WaitForExit()
     p.ExitCode
 
-/// Runs a program and fails the build when it fails.
-let exec exe arguments =
-    let code = run exe arguments []
+/// Runs a program in `dir` and returns its exit code and everything it printed (stdout and
+/// stderr, interleaved as they came).
+let captureIn (dir: string) (exe: string) (arguments: string list) (env: (string * string) list) =
+    let psi =
+        ProcessStartInfo(
+            exe,
+            WorkingDirectory = dir,
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true
+        )
 
+    arguments |> List.iter psi.ArgumentList.Add
+    env |> List.iter (fun (k, v) -> psi.Environment[k] <- v)
+    let out = Text.StringBuilder()
+
+    let add (e: DataReceivedEventArgs) =
+        lock out (fun () ->
+            if not (isNull e.Data) then
+                out.AppendLine e.Data |> ignore)
+
+    use p = new Process(StartInfo = psi)
+    p.OutputDataReceived.Add add
+    p.ErrorDataReceived.Add add
+    p.Start() |> ignore
+    p.BeginOutputReadLine()
+    p.BeginErrorReadLine()
+    p.WaitForExit()
+    p.ExitCode, lock out (fun () -> out.ToString())
+
+/// Fails the build when a program failed.
+let check exe arguments code =
     if code <> 0 then
         eprintfn "build.fsx: '%s %s' failed with exit code %d" exe (String.concat " " arguments) code
         exit code
+
+/// Runs a program, showing its output, and fails the build when it fails.
+let exec exe arguments =
+    run exe arguments [] |> check exe arguments
+
+/// Runs a restore, build or pack step and fails the build when it fails: its output is shown with
+/// --verbose, else only when it fails.
+let quiet exe arguments =
+    if verbose then
+        exec exe arguments
+    else
+        let code, out = captureIn root exe arguments []
+
+        if code <> 0 then
+            eprintf "%s" out
+
+        check exe arguments code
 
 /// Runs a program and returns its exit code and what it printed.
 let capture (exe: string) (arguments: string list) =
@@ -77,13 +137,29 @@ let restore () =
     Environment.SetEnvironmentVariable("DOTNET_CLI_TELEMETRY_OPTOUT", "1")
     Environment.SetEnvironmentVariable("DOTNET_NOLOGO", "1")
     setPackageSource ()
-    exec "dotnet" [ "tool"; "restore" ]
+    quiet "dotnet" [ "tool"; "restore" ]
     // paket.lock is not tracked (it records the resolved feed address): resolve from the exact pins.
-    exec "dotnet" [ "paket"; "install" ]
+    quiet "dotnet" [ "paket"; "install" ]
 
 let build () =
     restore ()
-    exec "dotnet" [ "build"; "Pyper.sln"; "-c"; "Release"; "--nologo"; "-v"; "minimal" ]
+    quiet "dotnet" [ "build"; "Pyper.sln"; "-c"; "Release"; "--nologo"; "-v"; "minimal" ]
+
+/// Packs the two packages (Pyper, Pyper.CSharp: the IsPackable projects) from the Release build
+/// into `output`, with extra MSBuild arguments.
+let packTo (output: string) (extra: string list) =
+    for project in [ "src/Pyper.Core"; "src/Pyper.CSharp" ] do
+        quiet "dotnet" ([ "pack"; project; "-c"; "Release"; "--nologo"; "-o"; output ] @ extra)
+
+/// The `pack` target: a deterministic build with normalised paths (for SourceLink), packed with
+/// symbols into artifacts/packages.
+let pack () =
+    restore ()
+    let output = Path.Combine(root, "artifacts", "packages")
+    packTo output [ "-p:ContinuousIntegrationBuild=true" ]
+
+    for file in Directory.GetFiles(output, "*.*nupkg") |> Array.sort do
+        printfn "pack: %s" (Path.GetRelativePath(root, file))
 
 /// Runs one test program, which writes "passed failed" to the file named by PYPER_TEST_SUMMARY.
 let testSuite (project: string) (extra: string list) =
@@ -136,10 +212,19 @@ let test () =
             script "samples/readme.fsx" "Total: 190"
             script "tests/fsi/refuses-fsi-functions.fsx" "refused:"
         ]
+        @ Install.run root verbose captureIn
 
     let passed = results |> List.sumBy fst
     let failed = results |> List.sumBy snd
     printfn "%d passed, %d failed" passed failed
+    exit (if failed = 0 then 0 else 1)
+
+/// Only the install checks (also part of `test`).
+let installTest () =
+    build ()
+    let results = Install.run root verbose captureIn
+    let failed = results |> List.sumBy snd
+    printfn "%d passed, %d failed" (results |> List.sumBy fst) failed
     exit (if failed = 0 then 0 else 1)
 
 let demo () =
@@ -259,7 +344,9 @@ let format () =
 
 match args with
 | [ "build" ] -> build ()
+| [ "pack" ] -> pack ()
 | [ "test" ] -> test ()
+| [ "install" ] -> installTest ()
 | [ "demo" ] -> demo ()
 | "bench" :: extra -> bench extra
 | [ "profile" ] -> profile "F#" "1"
@@ -270,6 +357,6 @@ match args with
 | [ "soak"; cases ] -> soak cases
 | _ ->
     eprintfn
-        "usage: dotnet fsi build.fsx (build | test | demo | bench | profile [system] [workers] | format | soak [cases])"
+        "usage: dotnet fsi build.fsx (build | pack | test | install | demo | bench | profile [system] [workers] | format | soak [cases]) [--verbose]"
 
     exit 2

@@ -1,4 +1,5 @@
 using System;
+using System.Collections;
 using System.Collections.Generic;
 using System.Threading;
 using Core = Pyper.FSharp;
@@ -72,9 +73,13 @@ internal sealed class Anchored<TSource, T>(ISource<TSource> source, Core.Pipelin
 /// (cancel with <c>WithCancellation</c>) or a plain <c>foreach</c> (blocking); every enumeration is a
 /// new, independent run, and breaking out of the loop stops it. A failure in any stage is rethrown as
 /// the original exception. Extend it with <c>flow | stage</c> or <see cref="Then{TNext}"/>.
+/// It is also an <see cref="IEnumerable{T}"/> (a blocking run), so LINQ's <c>Single()</c>, <c>First()</c>,
+/// <c>ToList()</c>, <c>Sum()</c>... just work. LINQ operators that .NET also defines for async streams
+/// (<c>Where</c>, <c>Select</c>...) need a side picked: <see cref="ToEnumerable"/> or
+/// <see cref="AsAsyncEnumerable"/>.
 /// </summary>
 /// <typeparam name="T">The type of the results.</typeparam>
-public sealed class Flow<T> : IAsyncEnumerable<T>
+public sealed class Flow<T> : IAsyncEnumerable<T>, IEnumerable<T>
 {
     private readonly IAnchored<T> anchored;
 
@@ -95,8 +100,13 @@ public sealed class Flow<T> : IAsyncEnumerable<T>
     public IAsyncEnumerator<T> GetAsyncEnumerator(CancellationToken cancellationToken = default) =>
         anchored.Stream().GetAsyncEnumerator(cancellationToken);
 
-    /// <summary>Starts a run for a plain, blocking <c>foreach</c>.</summary>
+    /// <summary>Starts a run for a plain, blocking <c>foreach</c> or LINQ; a failure is rethrown as the original exception.</summary>
     public IEnumerator<T> GetEnumerator() => ToEnumerable().GetEnumerator();
+
+    IEnumerator IEnumerable.GetEnumerator() => GetEnumerator();
+
+    /// <summary>This flow as an async stream only: for .NET's async LINQ (<c>Where</c>, <c>Select</c>, <c>ToListAsync</c>...).</summary>
+    public IAsyncEnumerable<T> AsAsyncEnumerable() => this;
 
     /// <summary>The results as a blocking sequence, cancelled by <paramref name="cancellationToken"/>.</summary>
     /// <param name="cancellationToken">Cancels the run.</param>

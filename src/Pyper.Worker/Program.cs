@@ -1,19 +1,37 @@
 // The host of Pyper's process executor. The parent starts it as `dotnet exec Pyper.Worker.dll
-// --socket PATH --parent PID`; it loads Pyper.Core from its own folder and runs the worker loop
-// there. Items travel over the socket; stdout and stderr stay free for the user's function.
+// --socket PATH --parent PID [--probe DIR]...`; it loads Pyper.Core from its own folder or, when
+// it is not there (the host in a NuGet package's tools folder, started from a script), from the
+// folders the parent loaded Pyper.Core and its dependencies from (`--probe`), and runs the worker
+// loop there. Items travel over the socket; stdout and stderr stay free for the user's function.
 using System;
+using System.Collections.Generic;
 using System.IO;
 using System.Reflection;
 using System.Runtime.Loader;
 
-var folder = AppContext.BaseDirectory;
-AssemblyLoadContext.Default.Resolving += (context, name) =>
-{
-    var path = Path.Combine(folder, name.Name + ".dll");
-    return File.Exists(path) ? context.LoadFromAssemblyPath(path) : null;
-};
+var folders = new List<string> { AppContext.BaseDirectory };
+for (var i = 0; i + 1 < args.Length; i++)
+    if (args[i] == "--probe")
+        folders.Add(args[i + 1]);
 
-var core = AssemblyLoadContext.Default.LoadFromAssemblyPath(Path.Combine(folder, "Pyper.Core.dll"));
+string? Find(string file)
+{
+    foreach (var folder in folders)
+    {
+        var path = Path.Combine(folder, file);
+        if (File.Exists(path))
+            return path;
+    }
+    return null;
+}
+
+AssemblyLoadContext.Default.Resolving += (context, name) =>
+    Find(name.Name + ".dll") is { } path ? context.LoadFromAssemblyPath(path) : null;
+
+var corePath = Find("Pyper.Core.dll")
+    ?? throw new FileNotFoundException(
+        $"Pyper.Worker: Pyper.Core.dll is in none of {string.Join(", ", folders)}.", "Pyper.Core.dll");
+var core = AssemblyLoadContext.Default.LoadFromAssemblyPath(corePath);
 var host = core.GetType("Pyper.ProcessHost", throwOnError: true)!;
 var run = host.GetMethod("run", BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic)!;
 return (int)run.Invoke(null, [args])!;

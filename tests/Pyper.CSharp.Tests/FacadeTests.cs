@@ -122,6 +122,28 @@ public static class FacadeTests
             Sequence(await Collect(joins.RunEach(Enumerable.Range(0, 10))), new[] { 10 }, "count");
         }),
 
+        Case("LINQ on a run's results: blocking, with the original exception", () =>
+        {
+            var p = Pipeline.Start<int>().Map(Square, workers: 2);
+            Equal(p.Run(7).Single(), 49, "Single");
+            Equal(p.RunEach(Enumerable.Range(1, 4)).Sum(), 30, "Sum");
+            Equal(p.RunEach(Enumerable.Range(1, 4)).ToList().Count, 4, "ToList");
+            Equal(p.RunEach(Enumerable.Range(1, 4)).ToArray().Length, 4, "ToArray");
+            Equal(Pipeline.Start<int>().Map(Square).RunEach(Endless()).First(x => x > 100), 121, "First stops an endless run");
+            Equal(p.RunEach(Enumerable.Range(1, 4)).ToEnumerable().Where(x => x > 4).Count(), 2, "sync side");
+            Equal(p.RunEach(Enumerable.Range(1, 4)).AsAsyncEnumerable().Where(x => x > 4).CountAsync().AsTask().Result, 2, "async side");
+            var failing = Pipeline.Start<int>().Map(x => x == 3 ? throw new Boom(x) : x, name: "picky");
+            try
+            {
+                failing.RunEach(Enumerable.Range(0, 10)).ToList();
+                throw new AssertException("expected an exception");
+            }
+            catch (Boom e)
+            {
+                Equal(e.PipelineStage(), "picky", "stage");
+            }
+        }),
+
         Case("consumers: Into and IntoAsync", async () =>
         {
             var gen = Stage.Branch((int n) => Enumerable.Range(1, n));

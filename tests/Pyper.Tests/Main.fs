@@ -16,6 +16,7 @@ let private all =
             JoinTests.tests
             BatchTests.tests
             RunTests.tests
+            AsyncSeqTests.tests
             DedicatedThreadTests.tests
             LawTests.tests
             ProcessTests.tests

@@ -163,6 +163,34 @@ let tests =
                 Expect.stringContains e.Message "Stage 'holder'" "the stage"
                 Expect.stringContains e.Message "Holder" "the type")
 
+            processTest
+                "a missing worker host fails the stage at once, naming the file, where it looked and what to do"
+                (fun () ->
+                    // Parked workers would serve the stage without looking for the host.
+                    WorkerPool.retireIdle ()
+                    let empty = Path.Combine(Path.GetTempPath(), $"pyper-no-host-{Guid.NewGuid():N}")
+                    let other = Path.Combine(empty, "other")
+                    Directory.CreateDirectory other |> ignore
+                    WorkerProcesses.searchOverride <- Some [ empty; other ]
+
+                    try
+                        let p = Stage.map (Remote.triple, workers = 2, multiprocess = true, name = "heavy")
+
+                        let e = catchExn (fun () -> collect (Pipeline.toSeqFrom [ 0..20 ] p) |> ignore)
+
+                        match e with
+                        | :? FileNotFoundException as e ->
+                            Expect.equal e.FileName "Pyper.Worker.dll" "the missing file"
+                            Expect.stringContains e.Message "Pyper.Worker.dll" "names the file"
+                            Expect.stringContains e.Message empty "the first folder searched"
+                            Expect.stringContains e.Message other "the second folder searched"
+                            Expect.stringContains e.Message "without multiprocess" "what to do"
+                            Expect.equal (PipelineError.stage e) (Some "heavy") "stage"
+                        | e -> failtest $"FileNotFoundException expected, got {e}"
+                    finally
+                        WorkerProcesses.searchOverride <- None
+                        Directory.Delete(empty, true))
+
             processTest "an exception in a worker keeps its type and message" (fun () ->
                 let p =
                     Stage.map (Remote.failAtSeven, workers = 2, multiprocess = true, name = "picky")

@@ -99,9 +99,11 @@ module internal WorkerPool =
     /// `listening` is called with the channel's address before the process starts (tests).
     let startWith (listening: string -> unit) (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
         task {
+            // A missing host fails the stage here, before any channel exists.
+            let host = WorkerProcesses.workerPath ()
             use listener = WorkerChannel.listen (WorkerChannel.defaultKind ())
             listening listener.Address
-            let proc = WorkerProcesses.start listener.Address
+            let proc = WorkerProcesses.start host listener.Address
             let mutable worker: WorkerProcess = null
             proc.EnableRaisingEvents <- true
 
