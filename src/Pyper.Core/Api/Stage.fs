@@ -30,6 +30,27 @@ module internal Build =
         if workers < 1 then
             raise (ArgumentOutOfRangeException("workers", workers, $"{stage}: workers must be at least 1."))
 
+        let most =
+            if executor = Executor.Process then
+                Tuning.MaxProcessWorkers
+            else
+                Tuning.MaxWorkers
+
+        if workers > most then
+            let what =
+                if executor = Executor.Process then
+                    "worker processes"
+                else
+                    "workers in one process"
+
+            raise (
+                ArgumentOutOfRangeException(
+                    "workers",
+                    workers,
+                    $"{stage}: workers must be at most {most} ({what}); got {workers}."
+                )
+            )
+
         if capacity < 0 then
             raise (
                 ArgumentOutOfRangeException(
@@ -106,7 +127,7 @@ module internal Build =
 
                             ValueTask<bool>(
                                 task {
-                                    let! v = t
+                                    let! v = NullResult.task t
                                     current <- v
                                     return true
                                 }
@@ -127,10 +148,26 @@ type Stage =
             Build.thread "map" false f workers capacity ordered name (Workers.mapThread f)
 
     static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "map" false f workers capacity ordered name (Workers.mapPool (fun x _ -> ValueTask<'b>(f x)))
+        Build.pool
+            "map"
+            false
+            f
+            workers
+            capacity
+            ordered
+            name
+            (Workers.mapPool (fun x _ -> ValueTask<'b>(NullResult.task (f x))))
 
     static member mapTask(f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool "map" false f workers capacity ordered name (Workers.mapPool (fun x ct -> ValueTask<'b>(f x ct)))
+        Build.pool
+            "map"
+            false
+            f
+            workers
+            capacity
+            ordered
+            name
+            (Workers.mapPool (fun x ct -> ValueTask<'b>(NullResult.task (f x ct))))
 
     static member mapValueTask(f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.pool "map" false f workers capacity ordered name (Workers.mapPool (fun x _ -> f x))
@@ -147,7 +184,8 @@ type Stage =
             capacity
             ordered
             name
-            (Workers.mapPool (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(f x, ct))))
+            (Workers.mapPool (fun x ct ->
+                ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct))))
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.thread "branch" false f workers capacity ordered name (Workers.branchThread f)
@@ -175,6 +213,15 @@ type Stage =
 
         if size < 1 then
             raise (ArgumentOutOfRangeException("size", size, $"{stage}: size must be at least 1."))
+
+        if size > Array.MaxLength then
+            raise (
+                ArgumentOutOfRangeException(
+                    "size",
+                    size,
+                    $"{stage}: size must be at most {Array.MaxLength} (the largest array); a group is allocated as its items come."
+                )
+            )
 
         match timeout with
         | Some t when t <= TimeSpan.Zero ->

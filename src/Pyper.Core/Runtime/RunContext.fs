@@ -52,6 +52,8 @@ type internal RunContext(userToken: CancellationToken) =
     let abortables = List<IAbortable>()
     let starters = List<unit -> unit>()
     let workers = List<Task>()
+    /// The task of the source's own thread or async loop (null for a run over one input).
+    let mutable source: Task = null
     let mutable error: exn = null
     let mutable stages = 0
     let mutable registration = Unchecked.defaultof<CancellationTokenRegistration>
@@ -126,11 +128,9 @@ type internal RunContext(userToken: CancellationToken) =
         | :? OperationCanceledException -> cts.IsCancellationRequested
         | _ -> false
 
-    /// Runs a worker on a dedicated thread (see `DedicatedThreads`); `body` never throws (see `Guard`).
-    member _.StartThread(name: string, body: unit -> unit) =
+    static member private OnThread(name: string, body: unit -> unit) : Task =
         let done' = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
         Live.threadStarted ()
-        workers.Add done'.Task
 
         DedicatedThreads.start
             name
@@ -141,21 +141,34 @@ type internal RunContext(userToken: CancellationToken) =
                     Live.threadEnded ())
             done'.SetResult
 
-    /// Runs an async worker on the thread pool; `body` never throws (see `Guard`).
-    member _.StartTask(body: unit -> Task) =
+        done'.Task
+
+    static member private OnPool(body: unit -> Task) : Task =
         Live.taskStarted ()
 
-        let t =
-            Task
-                .Run(body)
-                .ContinueWith(
-                    (fun (_: Task) -> Live.taskEnded ()),
-                    CancellationToken.None,
-                    TaskContinuationOptions.ExecuteSynchronously,
-                    TaskScheduler.Default
-                )
+        Task
+            .Run(body)
+            .ContinueWith(
+                (fun (_: Task) -> Live.taskEnded ()),
+                CancellationToken.None,
+                TaskContinuationOptions.ExecuteSynchronously,
+                TaskScheduler.Default
+            )
 
-        workers.Add t
+    /// Runs a worker on a dedicated thread (see `DedicatedThreads`); `body` never throws (see `Guard`).
+    member _.StartThread(name: string, body: unit -> unit) =
+        workers.Add(RunContext.OnThread(name, body))
+
+    /// Runs an async worker on the thread pool; `body` never throws (see `Guard`).
+    member _.StartTask(body: unit -> Task) = workers.Add(RunContext.OnPool body)
+
+    /// Runs the source's pump on a dedicated thread. Unlike a stage's worker, the end of the run
+    /// does not wait for it while it is held inside the user's code (see `WhenFinished`).
+    member _.StartSourceThread(name: string, body: unit -> unit) =
+        source <- RunContext.OnThread(name, body)
+
+    /// Runs the source's pump as an async loop; see `StartSourceThread`.
+    member _.StartSourceTask(body: unit -> Task) = source <- RunContext.OnPool body
 
     /// Starts every stage of the run.
     member _.Start() =
@@ -164,16 +177,33 @@ type internal RunContext(userToken: CancellationToken) =
                 for a in abortables do
                     a.Abort())
 
-        for s in starters do
-            s ()
+        // A run cancelled before it starts starts nothing: not even the source reads an item.
+        if not cts.IsCancellationRequested then
+            for s in starters do
+                s ()
 
     /// Releases a run that never started.
     member _.DisposeUnstarted() = cts.Dispose()
 
-    /// Completes when every worker of the run has finished and its threads have parked.
-    member _.WhenFinished() : Task =
+    /// Completes when every worker of the run has finished and its threads have parked, and the
+    /// source's pump has finished too, or is detached: once every stage is done, the pump's own
+    /// code ends at once (its queue is aborted), so only the user's code (a MoveNext that blocks
+    /// or ignores the token) can still hold it. It gets `Tuning.SourceGraceMilliseconds`; after
+    /// that it is left to finish by itself, which it does (disposing the source's enumerator)
+    /// as soon as that call returns, delivering nothing more.
+    member this.WhenFinished() : Task =
         task {
             do! Task.WhenAll(workers)
+            let source = source
+
+            if not (isNull source || source.IsCompleted) then
+                try
+                    do! source.WaitAsync(TimeSpan.FromMilliseconds(float Tuning.SourceGraceMilliseconds))
+                with :? TimeoutException ->
+                    // Detached. Cancelling the run's token (if it was not already) lets a source
+                    // that observes it end sooner; every stage is done, so nothing else notices.
+                    this.Cancel()
+
             registration.Dispose()
             cts.Dispose()
         }

@@ -56,6 +56,11 @@ module internal Wiring =
                 match e with
                 | :? ReadersGoneException -> finished ()
                 | e when ctx.IsStopEcho e -> ()
+                | :? NullResultException as n ->
+                    let message =
+                        $"Stage '{name}' ({info.Kind}): the function returned a null {n.What}; return {n.Hint} instead."
+
+                    ctx.Fail(name, InvalidOperationException(message, n))
                 | e -> ctx.Fail(name, e)
 
             ctx.OnStart(fun () ->
@@ -126,7 +131,7 @@ module internal Wiring =
             q.Complete()
 
         ctx.OnStart(fun () ->
-            ctx.StartThread(
+            ctx.StartSourceThread(
                 "Pyper/source",
                 fun () ->
                     try
@@ -172,7 +177,7 @@ module internal Wiring =
             }
 
         ctx.OnStart(fun () ->
-            ctx.StartTask(fun () ->
+            ctx.StartSourceTask(fun () ->
                 task {
                     try
                         do! pump ()
