@@ -19,8 +19,10 @@ let private all =
             DedicatedThreadTests.tests
             LawTests.tests
             ProcessTests.tests
+            HardeningTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
+            Pyper.CSharp.Tests.HardeningTests.All
         ]
 
 /// Runs every test; under build.fsx the counts go to a file and build.fsx prints the closing line.
