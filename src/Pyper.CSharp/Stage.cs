@@ -14,7 +14,7 @@ namespace Pyper;
 /// </summary>
 /// <remarks>
 /// Every factory takes the same options, checked here (an <see cref="ArgumentException"/> names the
-/// stage and the option): <c>workers</c> (at least 1), <c>capacity</c> (results that may wait for the
+/// stage and the option): <c>workers</c> (1 to 10,000; 1 to 256 with <c>multiprocess</c>), <c>capacity</c> (results that may wait for the
 /// next stage, Pyper's <c>throttle</c>; 0 = unbounded), <c>ordered</c> (results leave in input order)
 /// and <c>name</c> (used in errors). To build without type arguments, start from
 /// <see cref="Pipeline.Start{T}"/> and add stages fluently: the input type flows from the left.
@@ -29,7 +29,7 @@ public static class Stage
     /// <paramref name="multiprocess"/> in <paramref name="workers"/> worker processes.
     /// </summary>
     /// <param name="f">The function.</param>
-    /// <param name="workers">How many workers call it at once (at least 1).</param>
+    /// <param name="workers">How many workers call it at once (1 to 10,000; 1 to 256 with <paramref name="multiprocess"/>).</param>
     /// <param name="capacity">How many results may wait for the next stage (0 = unbounded).</param>
     /// <param name="ordered">Whether results leave in input order.</param>
     /// <param name="name">The stage's name in errors.</param>
@@ -119,8 +119,8 @@ public static class Stage
     /// A stage grouping items into arrays of <paramref name="size"/>. With a <paramref name="timeout"/>, a
     /// partial group is handed on once the timeout has passed since its first item; the end of input flushes it.
     /// </summary>
-    /// <param name="size">The group size (at least 1).</param>
-    /// <param name="timeout">How long a partial group may wait (positive), or null to wait for a full group.</param>
+    /// <param name="size">The group size (1 to <see cref="Array.MaxLength"/>; a group's array grows as its items come).</param>
+    /// <param name="timeout">How long a partial group may wait (any positive time), or null to wait for a full group.</param>
     /// <param name="capacity">How many groups may wait for the next stage (0 = unbounded).</param>
     /// <param name="name">The stage's name in errors.</param>
     public static Pipeline<T, T[]> Batch<T>(int size, TimeSpan? timeout = null, int capacity = DefaultCapacity, string? name = null) =>

@@ -51,6 +51,9 @@ type Case =
         Stages: StageSpec list
         Input: int list
         Fault: Fault
+        /// The source blocks in MoveNext after its last item until the consumer has stopped
+        /// (only with a fault that stops the consumer: cancellation, or stopping after k results).
+        BlockingSource: bool
     }
 
 /// The injected failure, so the campaign can tell it from anything else.
@@ -99,8 +102,25 @@ let private stageGen =
         let! a = Gen.choose (-3, 3)
         let! b = Gen.choose (-10, 10)
         let! copies = Gen.choose (0, 2)
-        let! workers = Gen.frequency [ 3, Gen.choose (1, 4); 1, Gen.choose (5, 16) ]
-        let! capacity = Gen.frequency [ 3, Gen.choose (1, 64); 1, Gen.constant 0 ]
+
+        let! workers =
+            Gen.frequency
+                [
+                    60, Gen.choose (1, 4)
+                    20, Gen.choose (5, 16)
+                    // async workers at the maximum (threads would cost a second to start)
+                    (if kind = MapTask || kind = BranchStream then 1 else 0), Gen.constant Tuning.MaxWorkers
+                ]
+
+        let! capacity =
+            Gen.frequency
+                [
+                    12, Gen.choose (1, 64)
+                    4, Gen.constant 0
+                    2, Gen.constant 1
+                    1, Gen.elements [ Int32.MaxValue - 1; Int32.MaxValue ]
+                ]
+
         let! ordered = Gen.elements [ true; false ]
         let! blocks = Gen.frequency [ 9, Gen.constant false; 1, Gen.constant true ]
 
@@ -137,11 +157,14 @@ let caseGen =
                     1, Gen.choose (1, 50) |> Gen.map SlowConsumer
                 ]
 
+        let! blockingSource = Gen.frequency [ 2, Gen.constant false; 1, Gen.constant true ]
+
         let case =
             {
                 Stages = stages
                 Input = input
                 Fault = fault
+                BlockingSource = false
             }
 
         // Branch stages multiply items: keep the whole run below 20,000 results.
@@ -154,7 +177,19 @@ let caseGen =
             else
                 case
 
-        return fit case
+        let case = fit case
+
+        // A blocking source never ends the run by itself: only a consumer that stops does.
+        let stops =
+            match case.Fault with
+            | CancelAfter _ -> true
+            | StopAfter k -> k >= 1 && k <= (model case).Length
+            | _ -> false
+
+        return
+            { case with
+                BlockingSource = blockingSource && stops
+            }
     }
 
 /// Builds the case's pipeline; `calls` counts each stage's calls for the injected failure.
@@ -238,7 +273,14 @@ let private build (case: Case) (calls: int[]) (triggered: int ref) : Pipeline<in
                 ordered = o
             )
         | BatchFlatten ->
-            Stage.batch (1 + abs s.B, timeout = TimeSpan.FromMilliseconds 5.0, workers = w, capacity = c, ordered = o)
+            // A = 3: the largest batch size (its groups leave by timeout or at the end of input)
+            Stage.batch (
+                (if s.A = 3 then Array.MaxLength else 1 + abs s.B),
+                timeout = TimeSpan.FromMilliseconds 5.0,
+                workers = w,
+                capacity = c,
+                ordered = o
+            )
             >=> Stage.branch (
                 (fun (xs: int[]) ->
                     check i
@@ -275,11 +317,21 @@ let run (limit: TimeSpan) (case: Case) : Outcome =
     let pipeline = build case calls triggered
     let expected = model case
     use cts = new CancellationTokenSource()
+    use release = new ManualResetEventSlim()
+
+    let source =
+        if case.BlockingSource then
+            seq {
+                yield! case.Input
+                release.Wait()
+            }
+        else
+            case.Input
 
     let consume () =
         task {
             let results = ResizeArray()
-            let e = (Pipeline.streamFromSeq case.Input pipeline).GetAsyncEnumerator cts.Token
+            let e = (Pipeline.streamFromSeq source pipeline).GetAsyncEnumerator cts.Token
 
             try
                 match case.Fault with
@@ -307,6 +359,7 @@ let run (limit: TimeSpan) (case: Case) : Outcome =
                 return Ok(List.ofSeq results)
             finally
                 e.DisposeAsync().AsTask().Wait()
+                release.Set()
         }
 
     let attempt =
@@ -350,6 +403,10 @@ let run (limit: TimeSpan) (case: Case) : Outcome =
                     Passed
                 else
                     Wrong "results differ from the model"
+
+        // A blocked source is left behind by the run; once released, its thread must end.
+        if case.BlockingSource then
+            SpinWait.SpinUntil((fun () -> Live.threadCount () = 0), limit) |> ignore
 
         let leaks =
             [

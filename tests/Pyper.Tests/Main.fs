@@ -21,8 +21,10 @@ let private all =
             LawTests.tests
             ProcessTests.tests
             ChannelTests.tests
+            HardeningTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
+            Pyper.CSharp.Tests.HardeningTests.All
         ]
 
 /// Runs every test; under build.fsx the counts go to a file and build.fsx prints the closing line.

@@ -32,6 +32,27 @@ module internal Build =
         if workers < 1 then
             raise (ArgumentOutOfRangeException("workers", workers, $"{stage}: workers must be at least 1."))
 
+        let most =
+            if executor = Executor.Process then
+                Tuning.MaxProcessWorkers
+            else
+                Tuning.MaxWorkers
+
+        if workers > most then
+            let what =
+                if executor = Executor.Process then
+                    "worker processes"
+                else
+                    "workers in one process"
+
+            raise (
+                ArgumentOutOfRangeException(
+                    "workers",
+                    workers,
+                    $"{stage}: workers must be at most {most} ({what}); got {workers}."
+                )
+            )
+
         if capacity < 0 then
             raise (
                 ArgumentOutOfRangeException(
@@ -113,7 +134,7 @@ module internal Build =
 
                             ValueTask<bool>(
                                 task {
-                                    let! v = t
+                                    let! v = NullResult.task t
                                     current <- v
                                     return true
                                 }
@@ -134,7 +155,15 @@ type Stage =
             Build.thread StageKind.Map false f workers capacity ordered name (Loops.mapThread f)
 
     static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool (fun x _ -> ValueTask<'b>(f x)))
+        Build.pool
+            StageKind.Map
+            false
+            f
+            workers
+            capacity
+            ordered
+            name
+            (Loops.mapPool (fun x _ -> ValueTask<'b>(NullResult.task (f x))))
 
     static member mapTask(f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.pool
@@ -145,7 +174,7 @@ type Stage =
             capacity
             ordered
             name
-            (Loops.mapPool (fun x ct -> ValueTask<'b>(f x ct)))
+            (Loops.mapPool (fun x ct -> ValueTask<'b>(NullResult.task (f x ct))))
 
     static member mapValueTask(f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool (fun x _ -> f x))
@@ -162,7 +191,8 @@ type Stage =
             capacity
             ordered
             name
-            (Loops.mapPool (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(f x, ct))))
+            (Loops.mapPool (fun x ct ->
+                ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct))))
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)
@@ -195,6 +225,15 @@ type Stage =
 
         if size < 1 then
             raise (ArgumentOutOfRangeException("size", size, $"{stage}: size must be at least 1."))
+
+        if size > Array.MaxLength then
+            raise (
+                ArgumentOutOfRangeException(
+                    "size",
+                    size,
+                    $"{stage}: size must be at most {Array.MaxLength} (the largest array); a group is allocated as its items come."
+                )
+            )
 
         match timeout with
         | Some t when t <= TimeSpan.Zero ->

@@ -17,11 +17,13 @@ module internal Build =
 /// F# Async function runs as async workers on the thread pool.
 ///
 /// Options (all optional, checked here, when the stage is built):
-/// - `workers`: how many workers call the function concurrently (at least 1; default 1).
+/// - `workers`: how many workers call the function concurrently (1 to 10,000; with `multiprocess`,
+///   1 to 256; default 1).
 /// - `capacity`: how many results may wait in the stage's output queue for the next stage
 ///   (Pyper's `throttle`). Default 1024: large enough to let batched hand-off keep every stage
 ///   busy, small enough to bound memory and let a slow consumer push back on the source.
-///   0 means unbounded. Items in flight per stage never exceed `capacity` + the next stage's workers.
+///   0 means unbounded (so does a capacity that passes Int32.MaxValue once the next stage's workers
+///   are added). Items in flight per stage never exceed `capacity` + the next stage's workers.
 /// - `ordered`: results leave in input order even with many workers (default false: as ready).
 /// - `name`: the stage's name in errors and diagnostics (default: kind and position, e.g. "map #2").
 [<AbstractClass; Sealed>]
@@ -91,8 +93,9 @@ type Stage =
         ?name: string ->
             Pipeline<'a, 'b>
 
-    /// A stage that groups items into arrays of `size`. With `timeout`, a partial group is
-    /// handed on once `timeout` has passed since its first item; the end of input flushes it.
+    /// A stage that groups items into arrays of `size` (1 to Array.MaxLength; a group's array grows as
+    /// its items come). With `timeout` (any positive TimeSpan), a partial group is handed on once
+    /// `timeout` has passed since its first item; the end of input flushes it.
     static member batch:
         size: int * ?timeout: TimeSpan * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
             Pipeline<'a, 'a array>

@@ -55,9 +55,14 @@ type internal BatchQueue<'T>(capacity: int) =
             raise (ReadersGoneException())
 
     /// Adds room for `n` more readers' items (each reader may hold items it took).
+    /// A bound that would pass Int32.MaxValue saturates there, which means unbounded.
     member _.AddReaders(n: int) =
         if bound <> Int32.MaxValue then
-            bound <- bound + n
+            bound <-
+                if bound > Int32.MaxValue - n then
+                    Int32.MaxValue
+                else
+                    bound + n
 
     /// Room left for writers (a snapshot; only the single writer of a source queue relies on it).
     member _.Free = bound - occupied

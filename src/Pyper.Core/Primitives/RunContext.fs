@@ -52,6 +52,8 @@ type internal RunContext(userToken: CancellationToken) =
     let abortables = List<IAbortable>()
     let starters = List<unit -> unit>()
     let workers = List<Task>()
+    /// The task of the source's own thread or async loop (null for a run over one input).
+    let mutable source: Task = null
     let mutable error: exn = null
     let mutable stages = 0
     let mutable registration = Unchecked.defaultof<CancellationTokenRegistration>
@@ -127,11 +129,10 @@ type internal RunContext(userToken: CancellationToken) =
         | _ -> false
 
     /// Runs `body` on a dedicated thread (see `DedicatedThreads`), then `ended` with null, or with
-    /// the exception `body` threw; the run finishes only once the thread has parked.
-    member _.StartThread(name: string, body: unit -> unit, ended: exn -> unit) =
+    /// the exception `body` threw; the task completes once the thread has parked.
+    static member private OnThread(name: string, body: unit -> unit, ended: exn -> unit) : Task =
         let done' = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
         Live.threadStarted ()
-        workers.Add done'.Task
 
         DedicatedThreads.start
             name
@@ -146,9 +147,11 @@ type internal RunContext(userToken: CancellationToken) =
                     Live.threadEnded ())
             done'.SetResult
 
-    /// Runs `body` as an async worker on the thread pool, then `ended` with null, or with the
+        done'.Task
+
+    /// Runs `body` as an async loop on the thread pool, then `ended` with null, or with the
     /// exception `body` threw.
-    member _.StartTask(body: unit -> Task, ended: exn -> unit) =
+    static member private OnPool(body: unit -> Task, ended: exn -> unit) : Task =
         Live.taskStarted ()
 
         let run () : Task =
@@ -163,7 +166,24 @@ type internal RunContext(userToken: CancellationToken) =
                     Live.taskEnded ()
             }
 
-        workers.Add(Task.Run run)
+        Task.Run run
+
+    /// Runs a stage's worker on a dedicated thread; `ended` hears how it ended.
+    member _.StartThread(name: string, body: unit -> unit, ended: exn -> unit) =
+        workers.Add(RunContext.OnThread(name, body, ended))
+
+    /// Runs a stage's worker as an async loop on the thread pool; `ended` hears how it ended.
+    member _.StartTask(body: unit -> Task, ended: exn -> unit) =
+        workers.Add(RunContext.OnPool(body, ended))
+
+    /// Runs the source's pump on a dedicated thread. Unlike a stage's worker, the end of the run
+    /// does not wait for it while it is held inside the user's code (see `WhenFinished`).
+    member _.StartSourceThread(name: string, body: unit -> unit, ended: exn -> unit) =
+        source <- RunContext.OnThread(name, body, ended)
+
+    /// Runs the source's pump as an async loop; see `StartSourceThread`.
+    member _.StartSourceTask(body: unit -> Task, ended: exn -> unit) =
+        source <- RunContext.OnPool(body, ended)
 
     /// Starts every stage of the run.
     member _.Start() =
@@ -172,16 +192,33 @@ type internal RunContext(userToken: CancellationToken) =
                 for a in abortables do
                     a.Abort())
 
-        for s in starters do
-            s ()
+        // A run cancelled before it starts starts nothing: not even the source reads an item.
+        if not cts.IsCancellationRequested then
+            for s in starters do
+                s ()
 
     /// Releases a run that never started.
     member _.DisposeUnstarted() = cts.Dispose()
 
-    /// Completes when every worker of the run has finished and its threads have parked.
-    member _.WhenFinished() : Task =
+    /// Completes when every worker of the run has finished and its threads have parked, and the
+    /// source's pump has finished too, or is detached: once every stage is done, the pump's own
+    /// code ends at once (its queue is aborted), so only the user's code (a MoveNext that blocks
+    /// or ignores the token) can still hold it. It gets `Tuning.SourceGraceMilliseconds`; after
+    /// that it is left to finish by itself, which it does (disposing the source's enumerator)
+    /// as soon as that call returns, delivering nothing more.
+    member this.WhenFinished() : Task =
         task {
             do! Task.WhenAll(workers)
+            let source = source
+
+            if not (isNull source || source.IsCompleted) then
+                try
+                    do! source.WaitAsync(TimeSpan.FromMilliseconds(float Tuning.SourceGraceMilliseconds))
+                with :? TimeoutException ->
+                    // Detached. Cancelling the run's token (if it was not already) lets a source
+                    // that observes it end sooner; every stage is done, so nothing else notices.
+                    this.Cancel()
+
             registration.Dispose()
             cts.Dispose()
         }

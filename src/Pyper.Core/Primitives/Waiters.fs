@@ -42,6 +42,19 @@ module internal Tuning =
     [<Literal>]
     let SourceReadAhead = 1024
 
+    /// The most workers a stage on threads or async workers may have.
+    [<Literal>]
+    let MaxWorkers = 10_000
+
+    /// The most workers a process stage may have (each is a .NET process).
+    [<Literal>]
+    let MaxProcessWorkers = 256
+
+    /// How long a stopping run waits for a source that is inside its own MoveNext before it
+    /// leaves it behind (detached: it ends by itself when MoveNext returns).
+    [<Literal>]
+    let SourceGraceMilliseconds = 50
+
 /// Someone waiting on a queue: registered by an operation that could not proceed, then
 /// signalled exactly once (by the operation that changed what it waits for, or by Abort).
 [<AllowNullLiteral>]

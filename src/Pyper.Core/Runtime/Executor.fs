@@ -42,3 +42,29 @@ type internal StageExecutor<'a, 'b>() =
     abstract Quantum: float
     /// Starts one worker over `env`; it calls `ended` once, with null or with the worker's exception.
     abstract Start: env: WorkerEnv<'a, 'b> * ended: (exn -> unit) -> unit
+
+/// Thrown by a worker when the user's function returned null where it must return an object
+/// (a Task, a sequence...); the stage turns it into an InvalidOperationException naming itself.
+[<Sealed>]
+type internal NullResultException(what: string, hint: string) =
+    inherit Exception($"The function returned a null {what}.")
+    /// What was null, e.g. "Task".
+    member _.What = what
+    /// What to return instead.
+    member _.Hint = hint
+
+module internal NullResult =
+    /// `x`, or a NullResultException when it is null (`x` is a reference type).
+    let inline check (what: string) (hint: string) (x: 'T) : 'T =
+        match box x with
+        | null -> raise (NullResultException(what, hint))
+        | _ -> x
+
+    let inline task (t: Task<'T>) =
+        check "Task" "Task.FromResult for a value that is ready" t
+
+    let inline sequence (items: seq<'T>) =
+        check "sequence" "an empty sequence for no results" items
+
+    let inline stream (items: IAsyncEnumerable<'T>) =
+        check "IAsyncEnumerable" "an empty stream for no results" items

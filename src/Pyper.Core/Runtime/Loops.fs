@@ -116,6 +116,7 @@ module internal Loops =
         | _ -> true
 
     let private pour (em: Emitter<'b>) (items: seq<'b>) =
+        let items = NullResult.sequence items
         let eager = mayBlock items
         use e = items.GetEnumerator()
 
@@ -132,7 +133,7 @@ module internal Loops =
 
     let private pourAsync (em: Emitter<'b>) (items: IAsyncEnumerable<'b>) (token: CancellationToken) : Task =
         // Whatever is buffered is handed on before waiting for an item that is not ready yet.
-        AsyncStream.forEach items token (fun () -> flushNow em) (fun x ->
+        AsyncStream.forEach (NullResult.stream items) token (fun () -> flushNow em) (fun x ->
             if em.Add(x, false) then
                 em.EmitAsync()
             else
@@ -193,20 +194,34 @@ module internal Loops =
             do! em.EmitAsync()
         }
 
+    /// The longest single Task.Delay (about 49.7 days): longer timeouts are waited in steps.
+    let private longestDelay = TimeSpan.FromMilliseconds(float (UInt32.MaxValue - 2u))
+
+    /// `timeout` after `now`, in Stopwatch ticks; Int64.MaxValue when that is beyond its range.
+    let private deadlineAfter (now: int64) (timeout: TimeSpan) =
+        let ticks = timeout.TotalSeconds * float Stopwatch.Frequency
+
+        if ticks >= float (Int64.MaxValue - now) then
+            Int64.MaxValue
+        else
+            now + int64 ticks
+
     /// Groups items into arrays of `size`; with a timeout, a partial group leaves
     /// when `timeout` has passed since its first item. The end of input flushes it.
+    /// A group's array grows as its items come (a size near Array.MaxLength allocates nothing up front).
     let batch (size: int) (timeout: TimeSpan option) (env: WorkerEnv<'a, 'a[]>) : Task =
         task {
             let one = Array.zeroCreate<'a[]> 1
             let take = Array.zeroCreate<'a>(min Tuning.MaxBatch size)
-            let mutable group = Array.zeroCreate<'a> size
+            let first = min Tuning.MaxBatch size
+            let mutable group = Array.zeroCreate<'a> first
             let mutable k = 0
             let mutable deadline = 0L
             let mutable go = true
 
             let send () =
                 one[0] <- (if k = group.Length then group else Array.sub group 0 k)
-                group <- Array.zeroCreate size
+                group <- Array.zeroCreate first
                 k <- 0
                 Wait.writeAsync env.Output one 1
 
@@ -225,13 +240,16 @@ module internal Loops =
                             do! send ()
                         else
                             use cancel = CancellationTokenSource.CreateLinkedTokenSource env.Ctx.Token
-                            let delay = Task.Delay(Stopwatch.GetElapsedTime(0L, remaining), cancel.Token)
-                            let! first = Task.WhenAny(wait, delay)
+                            let step = Stopwatch.GetElapsedTime(0L, remaining)
+                            let capped = step > longestDelay
+                            let delay = Task.Delay((if capped then longestDelay else step), cancel.Token)
+                            let! won = Task.WhenAny(wait, delay)
 
-                            if obj.ReferenceEquals(first, delay) then
-                                do! send ()
-                            else
+                            if not (obj.ReferenceEquals(won, delay)) then
                                 cancel.Cancel()
+                            elif not capped || Stopwatch.GetTimestamp() >= deadline then
+                                do! send ()
+                    // else: one step of a longer timeout has passed; wait again
                     | _ -> do! wait
                 elif n = 0 then
                     if k > 0 then
@@ -241,10 +259,16 @@ module internal Loops =
                 else
                     if k = 0 then
                         deadline <-
-                            Stopwatch.GetTimestamp()
-                            + (match timeout with
-                               | Some t -> int64 (t.TotalSeconds * float Stopwatch.Frequency)
-                               | None -> 0L)
+                            match timeout with
+                            | Some t -> deadlineAfter (Stopwatch.GetTimestamp()) t
+                            | None -> 0L
+
+                    if k + n > group.Length then
+                        let grown =
+                            Array.zeroCreate (int (min (int64 size) (max (int64 (k + n)) (2L * int64 group.Length))))
+
+                        Array.Copy(group, grown, k)
+                        group <- grown
 
                     Array.Copy(take, 0, group, k, n)
                     k <- k + n

@@ -31,6 +31,8 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
     let mutable len = 0
     let mutable current = Unchecked.defaultof<'b>
     let mutable finished: Task = null
+    /// True once the results have ended or the enumerator was disposed: moves answer false.
+    let mutable over = false
 
     /// The pending MoveNextAsync, when it had to wait.
     let mutable pending =
@@ -71,6 +73,7 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
             if not (isNull ctx.Error) then
                 return! stopped ()
             else
+                over <- true
                 return false
         }
 
@@ -121,6 +124,8 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
 
         if pos < len then
             next ()
+        elif over then
+            false
         else
             try
                 let me = BlockingWaiter.ForThisThread
@@ -136,14 +141,30 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
             with :? RunAbortedException ->
                 sync (stopped ())
 
-    /// Stops the run (if it started) and waits until all of it is gone.
-    member _.Stop() : Task =
+    /// Stops the run (if it started) and waits until all of it is gone. Later moves answer false.
+    member this.Stop() : Task =
+        GC.SuppressFinalize this
+        over <- true
+        Buffers.clear buf len
+        pos <- 0
+        len <- 0
+        current <- Unchecked.defaultof<'b>
+
         if isNull final then
             ctx.DisposeUnstarted()
             Task.CompletedTask
         else
             ctx.Cancel()
             finish ()
+
+    /// The safety net for an enumerator that is dropped without being disposed: once it is
+    /// collected, its run is cancelled, so its workers stop (nothing of the run refers to this
+    /// object, except a pending MoveNextAsync's wait).
+    override this.Finalize() =
+        try
+            this.Stop() |> ignore
+        with _ ->
+            ()
 
     interface IWaiter with
         /// The wait of a pending MoveNextAsync is over: take the batch (or see the end).
@@ -170,6 +191,8 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         member this.MoveNextAsync() =
             if pos < len then
                 ValueTask<bool>(next ())
+            elif over then
+                ValueTask<bool>(false)
             else
                 try
                     pending.Reset()

@@ -43,6 +43,11 @@ module internal Wiring =
                 | null
                 | :? ReadersGoneException -> finished ()
                 | e when ctx.IsStopEcho e -> ()
+                | :? NullResultException as n ->
+                    let message =
+                        $"Stage '{name}' ({StageInfo.label info.Kind}): the function returned a null {n.What}; return {n.Hint} instead."
+
+                    ctx.Fail(name, InvalidOperationException(message, n))
                 | e -> ctx.Fail(name, e)
 
             ctx.OnStart(fun () ->
@@ -105,7 +110,7 @@ module internal Wiring =
             em.Emit()
             q.Complete()
 
-        ctx.OnStart(fun () -> ctx.StartThread("Pyper/source", pump, sourceEnded ctx))
+        ctx.OnStart(fun () -> ctx.StartSourceThread("Pyper/source", pump, sourceEnded ctx))
 
         q
 
@@ -143,6 +148,6 @@ module internal Wiring =
                 q.Complete()
             }
 
-        ctx.OnStart(fun () -> ctx.StartTask(pump, sourceEnded ctx))
+        ctx.OnStart(fun () -> ctx.StartSourceTask(pump, sourceEnded ctx))
 
         q
