@@ -10,11 +10,9 @@ let private all =
         "Pyper"
         [
             ValidationTests.tests
-            ContractTests.tests
+            Contract.Suite.tests
             MapTests.tests
             BranchTests.tests
-            JoinTests.tests
-            BatchTests.tests
             RunTests.tests
             DedicatedThreadTests.tests
             LawTests.tests
