@@ -10,6 +10,9 @@ let private all =
         "Pyper"
         [
             ValidationTests.tests
+            Primitives.QueueTests.tests
+            Primitives.OrderTests.tests
+            Primitives.StreamTests.tests
             Contract.Suite.tests
             MapTests.tests
             BranchTests.tests

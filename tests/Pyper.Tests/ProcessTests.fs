@@ -161,11 +161,27 @@ let tests =
                     Expect.equal r.ExitCode (Nullable 137) "SIGKILL's exit code"
                 | other -> failtestf "expected RemoteStageException, got %O" other)
 
-            processTest "a consumer that stops early stops every worker process" (fun () ->
-                let source = CountingSource()
-                let p = Stage.map (Remote.identity, workers = 2, multiprocess = true)
-                Expect.equal (collect (Pipeline.toSeqFrom source.Items p |> Seq.truncate 5)).Length 5 "five"
-                Expect.equal (WorkerPool.idleCount ()) 0 "workers stopped mid-stream are not kept")
+            processTest "worker processes of a run that stops early, fails or is cancelled are not kept" (fun () ->
+                withKeepAlive 60_000 (fun () ->
+                    let source = CountingSource()
+                    let p = Stage.map (Remote.identity, workers = 2, multiprocess = true)
+                    Expect.equal (collect (Pipeline.toSeqFrom source.Items p |> Seq.truncate 5)).Length 5 "five"
+                    Expect.equal (WorkerPool.idleCount ()) 0 "workers stopped mid-stream are not kept"
+                    let failing = Stage.map (Remote.boomAtSeven, workers = 2, multiprocess = true)
+
+                    catchExn (fun () -> collect (Pipeline.toSeqFrom [ 0..20 ] failing) |> ignore)
+                    |> ignore
+
+                    Expect.equal (WorkerPool.idleCount ()) 0 "workers of a failed run are not kept"
+                    use cts = new CancellationTokenSource()
+
+                    catchExn (fun () ->
+                        for x in Pipeline.streamFromSeq source.Items p |> Pipeline.toBlockingSeq cts.Token do
+                            if x > 100 then
+                                cts.Cancel())
+                    |> ignore
+
+                    Expect.equal (WorkerPool.idleCount ()) 0 "workers of a cancelled run are not kept"))
 
             processTest
                 "a finished run parks its worker processes; the next run, of any function, takes them"

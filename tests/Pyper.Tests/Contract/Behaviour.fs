@@ -18,7 +18,8 @@ open System.Threading.Tasks
 type Fn =
     /// x + k.
     | Add of int
-    /// x + 1, suspending first (yielding its thread) on every 7th item, so that workers finish out of order.
+    /// x + 1, pausing first on every 7th item (yielding its thread, or 1 ms in async code), so
+    /// that workers overtake each other.
     | Jitter
     /// `n` copies of the item (a branch step; a map step needs exactly one).
     | Copies of int
@@ -107,7 +108,7 @@ let one (item: Item) : Item =
     | rs -> invalidArg "item" $"a map step must give one result, not {rs.Length}"
 
 /// The step's results for one item, awaiting where the step waits (async executors). It
-/// suspends first (except for `Jitter`, which suspends on every 7th item), so async workers
+/// suspends first (except for `Jitter`, which pauses on every 7th item), so async workers
 /// really interleave.
 let manyAsync (item: Item) : Task<Item list> =
     task {
@@ -125,8 +126,9 @@ let manyAsync (item: Item) : Task<Item list> =
 
             return [ { X = item.X; Program = rest } ]
         | Jitter :: rest ->
+            // A pause, not a synchronisation: it only lets other workers overtake this one.
             if item.X % 7 = 0 then
-                do! Task.Yield()
+                do! Task.Delay 1
 
             return [ { X = item.X + 1; Program = rest } ]
         | _ ->
@@ -161,7 +163,7 @@ let manyFSharpAsync (item: Item) : Async<Item list> =
             return [ { X = item.X; Program = rest } ]
         | Jitter :: _ ->
             if item.X % 7 = 0 then
-                do! Async.SwitchToThreadPool()
+                do! Async.Sleep 1 // a pause that lets other workers overtake this one
 
             return many item
         | _ ->
