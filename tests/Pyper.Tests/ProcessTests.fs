@@ -169,7 +169,9 @@ let tests =
                     Expect.equal (WorkerPool.idleCount ()) 0 "workers stopped mid-stream are not kept"
                     let failing = Stage.map (Remote.boomAtSeven, workers = 2, multiprocess = true)
 
-                    catchExn (fun () -> collect (Pipeline.toSeqFrom [ 0..20 ] failing) |> ignore)
+                    // An endless source, so that no worker can finish its share cleanly (and park,
+                    // as it may) before the failure stops the run.
+                    catchExn (fun () -> collect (Pipeline.toSeqFrom (CountingSource().Items) failing) |> ignore)
                     |> ignore
 
                     Expect.equal (WorkerPool.idleCount ()) 0 "workers of a failed run are not kept"
