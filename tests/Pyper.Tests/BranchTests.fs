@@ -17,12 +17,6 @@ let tests =
                 let p = Stage.branch (fun (n: int) -> seq { 0 .. n - 1 })
                 Expect.equal (collect (Pipeline.toSeq 20 p)) [ 0..19 ] "0..19")
 
-            leakTest "empty results vanish" (fun () ->
-                let p =
-                    Stage.branch ((fun (x: int) -> if x % 2 = 0 then [] else [ x ]), workers = 2)
-
-                Expect.equal (sorted (collect (Pipeline.toSeqFrom [ 1..100 ] p))) [ 1..2..99 ] "odd ones")
-
             leakTest "results flow out before the generator finishes (no waiting to fill a batch)" (fun () ->
                 use firstSeen = new ManualResetEventSlim()
 
@@ -44,22 +38,6 @@ let tests =
                         x)
 
                 Expect.equal (collect results) [ 1; 2 ] "both")
-
-            leakTest "branchStream flattens async streams" (fun () ->
-                let p =
-                    Stage.branchStream (
-                        (fun (x: int) -> AsyncList(fun () -> Task.FromResult [ x; -x ])),
-                        workers = 3,
-                        ordered = true
-                    )
-
-                Expect.equal
-                    (collect (Pipeline.toSeqFrom [ 1..50 ] p))
-                    [
-                        for x in 1..50 do
-                            yield! [ x; -x ]
-                    ]
-                    "flattened in order")
 
             leakTest "ordered branch with many workers keeps items' outputs together and in order" (fun () ->
                 let p =

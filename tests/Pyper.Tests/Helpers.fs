@@ -30,23 +30,49 @@ let waitUntil (what: string) (condition: unit -> bool) =
     if not (SpinWait.SpinUntil(Func<bool> condition, hangGuard)) then
         failtestf "hang: %s did not happen within %O" what hangGuard
 
+/// Fails the test when `/proc` is missing: the leak checks read threads and processes there, and
+/// without it they would see none and pass whatever the code leaked.
+let private procfs (path: string) =
+    if not (Directory.Exists path) then
+        failtestf "%s is missing: the leak checks need Linux's /proc to see threads and processes" path
+
 /// OS threads of this process whose name starts with "Pyper", as (thread id, name) (Linux names
 /// threads in /proc).
 let pyperOsThreadsById () =
-    if Directory.Exists "/proc/self/task" then
-        Directory.GetDirectories "/proc/self/task"
-        |> Array.choose (fun d ->
-            try
-                let name = File.ReadAllText(Path.Combine(d, "comm")).Trim()
+    procfs "/proc/self/task"
 
-                if name.StartsWith "Pyper/" then
-                    Some(Path.GetFileName d, name)
+    Directory.GetDirectories "/proc/self/task"
+    |> Array.choose (fun d ->
+        try
+            let name = File.ReadAllText(Path.Combine(d, "comm")).Trim()
+
+            if name.StartsWith "Pyper/" then
+                Some(Path.GetFileName d, name)
+            else
+                None
+        with _ ->
+            None)
+
+/// Process ids of the live worker processes that process `parent` started (zombies count as gone).
+let workerProcesses (parent: int) =
+    procfs "/proc/self"
+
+    Directory.GetDirectories "/proc"
+    |> Array.choose (fun d ->
+        match Int32.TryParse(Path.GetFileName d) with
+        | true, pid ->
+            try
+                let stat = File.ReadAllText(Path.Combine(d, "stat"))
+                let fields = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+                let cmd = File.ReadAllText(Path.Combine(d, "cmdline"))
+
+                if cmd.Contains "Pyper.Worker.dll" && int fields[1] = parent && fields[0] <> "Z" then
+                    Some pid
                 else
                     None
             with _ ->
-                None)
-    else
-        [||]
+                None
+        | _ -> None)
 
 /// The names of the OS threads of this process whose name starts with "Pyper".
 let pyperOsThreads () = pyperOsThreadsById () |> Array.map snd
@@ -58,31 +84,46 @@ do
         Interlocked.Increment &unobserved.contents |> ignore
         e.SetObserved())
 
-/// Asserts that no worker thread or async worker of any run is alive, that every dedicated
-/// thread has parked, and that none is left once the parked threads (and worker processes) retire (an exited thread may
-/// linger in /proc for an instant: polled, with a hang guard).
-let assertNoLeaks () =
+/// Asserts that no worker thread, async worker or worker process of any run is alive, that
+/// every dedicated thread has parked and that every worker process left is parked in the pool;
+/// then retires the parked threads and checks none is left (an exited thread may linger in
+/// /proc for an instant: polled, with a hang guard). Parked worker processes stay for the next
+/// test (see `assertNoLeaks`).
+let assertNoLeaksKeepingProcesses () =
     Expect.equal (Live.threadCount ()) 0 "no worker thread of a run is alive"
     Expect.equal (Live.taskCount ()) 0 "no async worker of a run is alive"
+    Expect.equal (Live.processCount ()) 0 "no worker process serves a stage"
 
     for name in pyperOsThreads () do
         Expect.equal name DedicatedThreads.IdleName "every Pyper thread left has parked"
 
+    // A worker process stopped by its run is reaped as the run ends; one that exits is polled for.
+    waitUntil "every worker process left to be parked" (fun () ->
+        (workerProcesses Environment.ProcessId).Length = WorkerPool.idleCount ())
+
     DedicatedThreads.retireIdle ()
-    WorkerPool.retireIdle ()
 
     if not (SpinWait.SpinUntil((fun () -> Array.isEmpty (pyperOsThreads ())), hangGuard)) then
         failtestf "Pyper OS threads are left: %A" (pyperOsThreads ())
 
-/// A test case that checks for leaks and unobserved task exceptions after its body.
-let leakTest name (body: unit -> unit) =
+/// `assertNoLeaksKeepingProcesses`, then the parked worker processes retire too and none is left.
+let assertNoLeaks () =
+    assertNoLeaksKeepingProcesses ()
+    WorkerPool.retireIdle ()
+    waitUntil "worker processes to be gone" (fun () -> Array.isEmpty (workerProcesses Environment.ProcessId))
+
+/// A test case that runs `check` (a leak check) and looks for unobserved task exceptions after its body.
+let leakTestWith (check: unit -> unit) name (body: unit -> unit) =
     testCase name (fun () ->
         let before = unobserved.Value
         body ()
-        assertNoLeaks ()
+        check ()
         GC.Collect()
         GC.WaitForPendingFinalizers()
         Expect.equal unobserved.Value before "no unobserved task exception")
+
+/// A test case that checks for leaks (threads, tasks, processes) and unobserved task exceptions after its body.
+let leakTest name body = leakTestWith assertNoLeaks name body
 
 /// Collects a whole run, with a hang guard.
 let collect (results: seq<'T>) : 'T list =

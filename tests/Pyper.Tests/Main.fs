@@ -10,11 +10,12 @@ let private all =
         "Pyper"
         [
             ValidationTests.tests
-            ContractTests.tests
+            Primitives.QueueTests.tests
+            Primitives.OrderTests.tests
+            Primitives.StreamTests.tests
+            Contract.Suite.tests
             MapTests.tests
             BranchTests.tests
-            JoinTests.tests
-            BatchTests.tests
             RunTests.tests
             AsyncSeqTests.tests
             DedicatedThreadTests.tests

@@ -57,12 +57,6 @@ let tests =
 
                 Expect.equal (collect (Pipeline.toSeqFrom [ 1; 2; 3 ] p |> Seq.truncate 1)) [ 1 ] "the first result")
 
-            leakTest "mapValueTask with a token" (fun () ->
-                let p =
-                    Stage.mapValueTask (fun (x: int) (_: CancellationToken) -> ValueTask<int>(x * 2))
-
-                Expect.equal (collect (Pipeline.toSeqFrom [ 1..10 ] p)) [ 2..2..20 ] "doubled")
-
             leakTest "mapAsync: the run's cancellation flows into F# Async" (fun () ->
                 let p =
                     Stage.mapAsync (
@@ -77,23 +71,6 @@ let tests =
                     )
 
                 Expect.equal (collect (Pipeline.toSeqFrom [ 1; 2; 3 ] p |> Seq.truncate 1)) [ 1 ] "the first result")
-
-            leakTest "an exception thrown by a Task function keeps its type" (fun () ->
-                let p =
-                    Stage.mapTask (fun (x: int) ->
-                        task {
-                            do! Task.Yield()
-
-                            return
-                                if x = 3 then
-                                    raise (InvalidOperationException "three")
-                                else
-                                    x
-                        })
-
-                let e = catchExn (fun () -> collect (Pipeline.toSeqFrom [ 1..5 ] p) |> ignore)
-                Expect.isTrue (e :? InvalidOperationException) $"InvalidOperationException, got {e.GetType()}"
-                Expect.equal e.Message "three" "the original message")
 
             leakTest "ordered: one slow item holds the others back in a bounded window" (fun () ->
                 let source = CountingSource()

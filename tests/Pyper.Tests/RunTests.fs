@@ -80,7 +80,10 @@ let tests =
                     Stage.map (
                         (fun (x: int) ->
                             both.Signal() |> ignore
-                            both.Wait hangGuard |> ignore
+
+                            if not (both.Wait hangGuard) then
+                                failwith "the two workers never ran at once"
+
                             raise (Boom x)),
                         workers = 2,
                         name = "twice"
@@ -165,7 +168,10 @@ let tests =
 
                 let step2 (x: int) =
                     meetBlocking.Signal() |> ignore
-                    meetBlocking.Wait hangGuard |> ignore
+
+                    if not (meetBlocking.Wait hangGuard) then
+                        failwith "the 20 blocking workers never ran at once"
+
                     x
 
                 let p =
