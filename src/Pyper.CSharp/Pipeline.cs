@@ -134,9 +134,9 @@ public sealed class Pipeline<TIn, TOut>
 
     /// <summary>Adds a join stage awaiting the whole upstream async stream, giving one result.</summary>
     /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
-    public Pipeline<TIn, TNext> JoinStream<TNext>(
+    public Pipeline<TIn, TNext> JoinTask<TNext>(
         Func<IAsyncEnumerable<TOut>, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
-        Then(Stage.JoinStream(f, workers, capacity, ordered, name));
+        Then(Stage.JoinTask(f, workers, capacity, ordered, name));
 
     /// <summary>Adds a join stage whose blocking function gives many results.</summary>
     /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
@@ -146,9 +146,9 @@ public sealed class Pipeline<TIn, TOut>
 
     /// <summary>Adds a join stage turning the whole upstream async stream into an async stream of results.</summary>
     /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
-    public Pipeline<TIn, TNext> JoinManyStream<TNext>(
+    public Pipeline<TIn, TNext> JoinStream<TNext>(
         Func<IAsyncEnumerable<TOut>, IAsyncEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
-        Then(Stage.JoinManyStream(f, workers, capacity, ordered, name));
+        Then(Stage.JoinStream(f, workers, capacity, ordered, name));
 
     /// <summary>Adds a stage grouping items into arrays.</summary>
     /// <inheritdoc cref="Stage.Batch{T}(int, TimeSpan?, int, string?)"/>

@@ -22,7 +22,7 @@ namespace Pyper;
 public static class Stage
 {
     /// <summary>The default <c>capacity</c>: 1024 results may wait between two stages.</summary>
-    public const int DefaultCapacity = Tuning.DefaultCapacity;
+    public const int DefaultCapacity = StageDefaults.Capacity;
 
     /// <summary>
     /// A stage calling a blocking function once per item, on dedicated threads, or with
@@ -40,16 +40,14 @@ public static class Stage
     /// </param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
         Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
-        multiprocess
-            ? new(FSharp.Build.processOfDelegate(f, workers, capacity, ordered, name!))
-            : new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Some(false)));
+        new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess)));
 
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
         Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
         multiprocess
-            ? RefuseInProcess(f, workers, capacity, ordered, name)
+            ? RefuseProcesses(f, workers, capacity, ordered, name)
             : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
@@ -57,7 +55,7 @@ public static class Stage
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
         Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
         multiprocess
-            ? RefuseInProcess<TIn, TOut>(x => f(x, CancellationToken.None), workers, capacity, ordered, name)
+            ? RefuseProcesses<TIn, TOut>(x => f(x, CancellationToken.None), workers, capacity, ordered, name)
             : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item.</summary>
@@ -99,7 +97,7 @@ public static class Stage
 
     /// <summary>A join stage whose function awaits the whole upstream async stream and returns one result.</summary>
     /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
-    public static Pipeline<TIn, TOut> JoinStream<TIn, TOut>(
+    public static Pipeline<TIn, TOut> JoinTask<TIn, TOut>(
         Func<IAsyncEnumerable<TIn>, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.joinTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
@@ -111,7 +109,7 @@ public static class Stage
 
     /// <summary>A join stage that turns the whole upstream async stream into an async stream of results.</summary>
     /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
-    public static Pipeline<TIn, TOut> JoinManyStream<TIn, TOut>(
+    public static Pipeline<TIn, TOut> JoinStream<TIn, TOut>(
         Func<IAsyncEnumerable<TIn>, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.joinStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
@@ -129,11 +127,14 @@ public static class Stage
             timeout is { } t ? Some(t) : Microsoft.FSharp.Core.FSharpOption<TimeSpan>.None,
             Some(1), Some(capacity), Some(false), Name(name)));
 
-    /// <summary>An async function marked for processes: the core refuses it (as Pyper does) with an ArgumentException.</summary>
-    private static Pipeline<TIn, TOut> RefuseInProcess<TIn, TOut>(
+    /// <summary>
+    /// An async function with <c>multiprocess: true</c> (the parameter is there so that overloads resolve
+    /// as for blocking functions): the core refuses it, as Pyper does, with an ArgumentException that says why.
+    /// </summary>
+    private static Pipeline<TIn, TOut> RefuseProcesses<TIn, TOut>(
         Func<TIn, Task<TOut>> f, int workers, int capacity, bool ordered, string? name)
     {
-        FSharp.Build.processOfDelegate(f, workers, capacity, ordered, name!);
-        throw new System.Diagnostics.UnreachableException("async functions are refused for processes");
+        Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(true));
+        throw new System.Diagnostics.UnreachableException("the core refuses async functions for worker processes");
     }
 }

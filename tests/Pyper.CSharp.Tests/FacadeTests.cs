@@ -114,11 +114,11 @@ public static class FacadeTests
                 .Batch(4)
                 .Map(xs => xs.Sum())
                 .JoinMany(sums => sums.OrderBy(s => s))
-                .JoinStream(async xs => { var n = 0; await foreach (var x in xs) n += x; return n; });
+                .JoinTask(async xs => { var n = 0; await foreach (var x in xs) n += x; return n; });
             // 1..5 -> 2..6, each four times: 4 * 20 = 80
             Sequence(await Collect(p.RunEach(Enumerable.Range(1, 5))), new[] { 80 }, "sum");
             var joins = Stage.Join((IEnumerable<int> xs) => xs.Count())
-                .Then(Stage.JoinManyStream((IAsyncEnumerable<int> xs) => xs));
+                .Then(Stage.JoinStream((IAsyncEnumerable<int> xs) => xs));
             Sequence(await Collect(joins.RunEach(Enumerable.Range(0, 10))), new[] { 10 }, "count");
         }),
 

@@ -20,7 +20,7 @@ module internal Build =
     /// Checks a stage's options and returns its description; throws ArgumentException naming the stage and option.
     let info (kind: StageKind) (executor: Executor) (joins: bool) workers capacity ordered (name: string option) =
         let workers = defaultArg workers 1
-        let capacity = defaultArg capacity Tuning.DefaultCapacity
+        let capacity = defaultArg capacity StageDefaults.Capacity
         let ordered = defaultArg ordered false
         let stage = describe name kind
 
@@ -107,16 +107,6 @@ module internal Build =
         | Ok fref -> Wiring.stage info (ProcessExecutor<'a, 'b> fref)
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
 
-    /// For the C# facade: a process map stage from a delegate.
-    let processOfDelegate<'a, 'b> (f: Func<'a, 'b>) (workers: int) (capacity: int) (ordered: bool) (name: string) =
-        processStage<'a, 'b>
-            (box f)
-            (fun () -> FunctionRefs.ofDelegate f)
-            (Some workers)
-            (Some capacity)
-            (Some ordered)
-            (Option.ofObj name)
-
     let one (x: 'T) = Seq.singleton x
 
     let oneAsync (t: Task<'T>) : IAsyncEnumerable<'T> =
@@ -153,6 +143,18 @@ type Stage =
             Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
         else
             Build.thread StageKind.Map false f workers capacity ordered name (Loops.mapThread f)
+
+    static member mapFunc(f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+        if defaultArg multiprocess false then
+            Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofDelegate f) workers capacity ordered name
+        else
+            Stage.map (
+                (if isNull f then Unchecked.defaultof<_> else f.Invoke),
+                ?workers = workers,
+                ?capacity = capacity,
+                ?ordered = ordered,
+                ?name = name
+            )
 
     static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.pool

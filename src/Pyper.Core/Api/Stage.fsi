@@ -6,12 +6,6 @@ open System.Collections.Generic
 open System.Threading
 open System.Threading.Tasks
 
-/// Stage builders shared with the C# facade.
-module internal Build =
-    /// A process map stage from a delegate (a static method, or a lambda that captures nothing).
-    val processOfDelegate<'a, 'b> :
-        f: Func<'a, 'b> -> workers: int -> capacity: int -> ordered: bool -> name: string -> Pipeline<'a, 'b>
-
 /// Builds one-stage pipelines from plain functions. The function's shape picks the executor:
 /// a blocking function runs on dedicated threads (one per worker); a Task, ValueTask or
 /// F# Async function runs as async workers on the thread pool.
@@ -35,6 +29,12 @@ type Stage =
     /// Anything else (a capturing closure, a function defined in FSI, an async function) is refused here.
     static member map:
         f: ('a -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
+            Pipeline<'a, 'b>
+
+    /// `map` for a .NET delegate (the C# facade's entry point): with `multiprocess = true`, the
+    /// delegate must be a static method or a lambda that captures nothing, in a compiled assembly.
+    static member mapFunc:
+        f: Func<'a, 'b> * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item.

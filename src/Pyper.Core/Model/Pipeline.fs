@@ -5,6 +5,11 @@ type Executor =
     | Async = 1
     | Process = 2
 
+[<RequireQualifiedAccess>]
+module StageDefaults =
+    [<Literal>]
+    let Capacity = 1024
+
 type StageKind =
     | Map = 0
     | Branch = 1

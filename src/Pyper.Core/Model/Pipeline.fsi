@@ -12,6 +12,14 @@ type Executor =
     /// Each worker is a separate process (`multiprocess`): for isolation of CPU-heavy or unsafe work.
     | Process = 2
 
+/// Defaults of the stage options, shared by the F# API and the C# facade.
+[<RequireQualifiedAccess>]
+module StageDefaults =
+    /// The default `capacity` of a stage's output queue: 1024 items, enough for batched hand-off to
+    /// keep every stage busy, few enough to bound memory and let a slow consumer push back.
+    [<Literal>]
+    val Capacity: int = 1024
+
 /// What a stage does with its items.
 type StageKind =
     /// One result per item (`Stage.map` and its async forms).

@@ -29,10 +29,6 @@ module internal Tuning =
     [<Literal>]
     let MaxBatch = 1024
 
-    /// Default capacity of a stage's output queue, in items.
-    [<Literal>]
-    let DefaultCapacity = 1024
-
     /// How many times a blocked thread spins (yielding to others) before it sleeps, as `Task.Wait`
     /// does: on 2 cores, 20 gives 20% less throughput than 35, and 70 or more gives 15% less.
     [<Literal>]
