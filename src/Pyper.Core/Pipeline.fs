@@ -4,6 +4,7 @@ type Executor =
     | Thread = 0
     | Async = 1
     | Process = 2
+    | Distributed = 3
 
 [<Sealed>]
 type StageInfo

@@ -11,6 +11,8 @@ type Executor =
     | Async = 1
     /// Each worker is a separate process (`multiprocess`): for isolation of CPU-heavy or unsafe work.
     | Process = 2
+    /// Workers are processes on any number of machines, fed through a NATS JetStream server (Pyper.Distributed).
+    | Distributed = 3
 
 /// What a stage is, as built: its name, kind, executor and options.
 [<Sealed>]

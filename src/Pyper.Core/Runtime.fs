@@ -305,7 +305,7 @@ module internal Workers =
     /// The async map loop: fills `output[0..n-1]` with `runBatch input n output` for each batch,
     /// hands the results on (in input order when ordered) and releases the input.
     /// `runBatch` answers what the batch cost, in Stopwatch ticks.
-    let private mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task<int64>) (env: WorkerEnv<'a, 'b>) : Task =
+    let internal mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task<int64>) (env: WorkerEnv<'a, 'b>) : Task =
         let input = newBuf<'a>()
         let output = newBuf<'b>()
 
@@ -347,7 +347,7 @@ module internal Workers =
 
     /// The exception a worker's failure comes back as: its own type when the parent has it loaded
     /// and can make one from a message (no assembly is loaded for it), else a RemoteStageException.
-    let private remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
+    let internal remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
         let typeName = f.Type.Split(',')[0]
 
         let loaded =
@@ -653,7 +653,7 @@ module internal Wiring =
                     Output = output
                     Turnstile = turnstile
                     Sizer =
-                        if info.Executor = Executor.Process then
+                        if info.Executor = Executor.Process || info.Executor = Executor.Distributed then
                             Sizer.Remote()
                         else
                             Sizer.InProcess()

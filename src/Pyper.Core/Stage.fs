@@ -62,9 +62,19 @@ module internal Build =
             && (t.GetGenericTypeDefinition() = typedefof<ValueTask<_>>
                 || t.GetGenericTypeDefinition() = typedefof<Async<_>>))
 
-    /// A map stage whose workers are processes; `locate` finds how a worker re-creates the function.
-    let processStage<'a, 'b> (f: obj) (locate: unit -> Result<FunctionRef, string>) workers capacity ordered name =
-        let info = info "map" Executor.Process false f workers capacity ordered name
+    /// A map stage whose workers are processes (local or remote, by `executor`) running `body`;
+    /// `locate` finds how a worker re-creates the function.
+    let remoteStage<'a, 'b>
+        (executor: Executor)
+        (body: FunctionRef -> WorkerEnv<'a, 'b> -> Task)
+        (f: obj)
+        (locate: unit -> Result<FunctionRef, string>)
+        workers
+        capacity
+        ordered
+        name
+        =
+        let info = info "map" executor false f workers capacity ordered name
         let stage = describe name "map"
 
         if isAsync typeof<'b> then
@@ -76,8 +86,12 @@ module internal Build =
             )
 
         match locate () with
-        | Ok fref -> Wiring.stage info (OnPool(Workers.processMap fref)): Pipeline<'a, 'b>
+        | Ok fref -> Wiring.stage info (OnPool(body fref)): Pipeline<'a, 'b>
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
+
+    /// A map stage whose workers are local processes.
+    let processStage<'a, 'b> (f: obj) locate workers capacity ordered name =
+        remoteStage<'a, 'b> Executor.Process Workers.processMap f locate workers capacity ordered name
 
     /// For the C# facade: a process map stage from a delegate.
     let processOfDelegate<'a, 'b> (f: Func<'a, 'b>) (workers: int) (capacity: int) (ordered: bool) (name: string) =

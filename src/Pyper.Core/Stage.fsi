@@ -8,6 +8,19 @@ open System.Threading.Tasks
 
 /// Stage builders shared with the C# facade.
 module internal Build =
+    /// A map stage whose workers are processes (local or remote, by `executor`) running `body` with the
+    /// function's reference; checks the options and refuses what a worker process cannot re-create.
+    val remoteStage<'a, 'b> :
+        executor: Executor ->
+        body: (FunctionRef -> WorkerEnv<'a, 'b> -> Task) ->
+        f: obj ->
+        locate: (unit -> Result<FunctionRef, string>) ->
+        workers: int option ->
+        capacity: int option ->
+        ordered: bool option ->
+        name: string option ->
+            Pipeline<'a, 'b>
+
     /// A process map stage from a delegate (a static method, or a lambda that captures nothing).
     val processOfDelegate<'a, 'b> :
         f: Func<'a, 'b> -> workers: int -> capacity: int -> ordered: bool -> name: string -> Pipeline<'a, 'b>
