@@ -79,12 +79,20 @@ module internal WorkerLoop =
                     every
                 )
 
+            // On a thread of its own, not the pool's: blocking or CPU-bound functions must not starve
+            // the pool, which runs the progress timer and the client's I/O (a late progress ack
+            // would let the server redeliver a batch that is still running).
             let! kind, reply =
-                Task.Run(fun () ->
-                    try
-                        Protocol.Results, runner.Run items
-                    with e ->
-                        Protocol.Failure, ProcessHost.failure e)
+                Task.Factory.StartNew(
+                    (fun () ->
+                        try
+                            Protocol.Results, runner.Run items
+                        with e ->
+                            Protocol.Failure, ProcessHost.failure e),
+                    CancellationToken.None,
+                    TaskCreationOptions.LongRunning,
+                    TaskScheduler.Default
+                )
 
             let result = Protocol.frame kind batch reply 0 reply.Length
             let opts = NatsJSPubOpts(MsgId = string batch)

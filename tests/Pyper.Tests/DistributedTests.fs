@@ -18,7 +18,7 @@ open Pyper.FSharp
 open Pyper.Distributed
 open Pyper.Tests.Helpers
 
-/// A long item: where to record each call, and how long it runs.
+/// A long item: the folder where each call leaves a file, and how long it runs.
 type LongItem =
     { Log: string; Millis: int; Value: int }
 
@@ -32,7 +32,8 @@ module Remote =
         x
 
     let long (item: LongItem) =
-        File.AppendAllText(item.Log, $"{item.Value}\n")
+        // A file per call: appends from two processes at once could overwrite each other.
+        File.WriteAllText(Path.Combine(item.Log, $"{item.Value}-{Guid.NewGuid():N}"), "")
         Thread.Sleep item.Millis
         item.Value
 
@@ -284,16 +285,22 @@ let private available =
                 Expect.isTrue workers.Head.Process.HasExited "the first worker was killed")
 
         distributedTest "a long item is kept alive (AckProgress), not redelivered" 2 (fun f _ ->
-            let log = Path.GetTempFileName()
+            let log = Directory.CreateTempSubdirectory("pyper-calls-").FullName
 
             try
                 let server = f.Server.WithAckWait(TimeSpan.FromSeconds 1.0)
                 let p = Stage.distributed (Remote.long, server, workers = 2)
                 let items = [ for v in 1..2 -> { Log = log; Millis = 2500; Value = v } ]
                 Expect.equal (sorted (collect (Pipeline.toSeqFrom items p))) [ 1; 2 ] "results"
-                Expect.equal (sorted (File.ReadAllLines log |> List.ofArray)) [ "1"; "2" ] "each item ran once"
+
+                let calls =
+                    Directory.GetFiles log
+                    |> Array.map (fun f -> (Path.GetFileName f).Split('-')[0])
+                    |> List.ofArray
+
+                Expect.equal (sorted calls) [ "1"; "2" ] "each item ran once"
             finally
-                File.Delete log)
+                Directory.Delete(log, true))
 
         testCase "an unreachable server fails the run at once, naming the URL" (fun () ->
             let url = $"nats://127.0.0.1:{freePort ()}"
