@@ -7,6 +7,8 @@
 //   test    build, run every test suite, end with one line "N passed, N failed"
 //   install build, pack, and use the packages from fresh C# and F# projects and a script (part of test)
 //   demo    build, run the README example (F# and C#)
+//   demo-distributed  build, start a nats-server and two workers here, run the README example with
+//           its CPU stage distributed, kill one worker mid-run (needs nats-server)
 //   bench   build, run the benchmarks (BenchmarkDotNet); extra arguments go to BenchmarkDotNet
 //   profile build, trace scenario 1 in a loop with dotnet-trace and print the top frames
 //           (profile [F# | C# | Dataflow | Channels] [workers]; default F# 1)
@@ -234,6 +236,90 @@ let demo () =
         printfn "== %s" sample
         exec "dotnet" (runProject sample [])
 
+/// The README example with its CPU stage on two distributed workers, one of them killed mid-run.
+let demoDistributed () =
+    build ()
+
+    let natsServer =
+        [
+            "/usr/sbin/nats-server"
+            "/usr/bin/nats-server"
+            "/usr/local/bin/nats-server"
+        ]
+        |> List.tryFind File.Exists
+
+    if natsServer.IsNone then
+        eprintfn "demo-distributed: nats-server is not installed (Debian/Ubuntu: apt-get install -y nats-server)"
+        exit 2
+
+    let port =
+        let l = new Net.Sockets.TcpListener(Net.IPAddress.Loopback, 0)
+        l.Start()
+        let p = (l.LocalEndpoint :?> Net.IPEndPoint).Port
+        l.Stop()
+        p
+
+    let url = $"nats://127.0.0.1:{port}"
+    let storage = Directory.CreateTempSubdirectory "pyper-demo-nats-"
+
+    let bin =
+        Path.Combine(root, "samples", "Readme.Distributed", "bin", "Release", "net10.0")
+
+    let server =
+        Process.Start(natsServer.Value, [ "-js"; "-a"; "127.0.0.1"; "-p"; string port; "-sd"; storage.FullName ])
+
+    let worker () =
+        let psi =
+            ProcessStartInfo("dotnet", WorkingDirectory = root, UseShellExecute = false, RedirectStandardError = true)
+
+        [
+            "exec"
+            Path.Combine(bin, "Pyper.Worker.dll")
+            "--nats"
+            url
+            "--assemblies"
+            bin
+            "--parallel"
+            "2"
+            "--parent"
+            string Environment.ProcessId
+        ]
+        |> List.iter psi.ArgumentList.Add
+
+        let p = Process.Start psi
+        let ready = Threading.Tasks.TaskCompletionSource()
+
+        p.ErrorDataReceived.Add(fun e ->
+            if not (isNull e.Data) then
+                eprintfn "%s" e.Data
+
+                if e.Data.Contains ": ready," then
+                    ready.TrySetResult() |> ignore)
+
+        p.BeginErrorReadLine()
+
+        if not (ready.Task.Wait(TimeSpan.FromSeconds 30.0)) then
+            eprintfn "demo-distributed: a worker did not start"
+
+        p
+
+    let workers = [ worker (); worker () ]
+    printfn "== nats-server at %s, workers %A" url (workers |> List.map (fun w -> w.Id))
+
+    let code =
+        try
+            run "dotnet" (runProject "samples/Readme.Distributed" [ url; string workers.Head.Id ]) []
+        finally
+            for p in server :: workers do
+                if not p.HasExited then
+                    p.Kill true
+
+                p.WaitForExit()
+
+            storage.Delete true
+
+    exit code
+
 /// A bar chart (SVG) of a BenchmarkDotNet CSV report: one bar per method and parameter, in items/s
 /// (the report's mean is per item, thanks to OperationsPerInvoke).
 let chart (csv: string) (svg: string) (title: string) =
@@ -348,6 +434,7 @@ match args with
 | [ "test" ] -> test ()
 | [ "install" ] -> installTest ()
 | [ "demo" ] -> demo ()
+| [ "demo-distributed" ] -> demoDistributed ()
 | "bench" :: extra -> bench extra
 | [ "profile" ] -> profile "F#" "1"
 | [ "profile"; who ] -> profile who "1"
@@ -357,6 +444,6 @@ match args with
 | [ "soak"; cases ] -> soak cases
 | _ ->
     eprintfn
-        "usage: dotnet fsi build.fsx (build | pack | test | install | demo | bench | profile [system] [workers] | format | soak [cases]) [--verbose]"
+        "usage: dotnet fsi build.fsx (build | pack | test | install | demo | demo-distributed | bench | profile [system] [workers] | format | soak [cases]) [--verbose]"
 
     exit 2

@@ -89,10 +89,20 @@ module internal Build =
             && (t.GetGenericTypeDefinition() = typedefof<ValueTask<_>>
                 || t.GetGenericTypeDefinition() = typedefof<Async<_>>))
 
-    /// A map stage whose workers are processes; `locate` finds how a worker re-creates the function.
-    let processStage<'a, 'b> (f: obj) (locate: unit -> Result<FunctionRef, string>) workers capacity ordered name =
+    /// A map stage whose workers run in other processes (`kind`: on this machine or distributed);
+    /// `locate` finds how a worker re-creates the function, `executor` makes the stage's executor.
+    let remoteStage<'a, 'b>
+        (kind: Executor)
+        (executor: FunctionRef -> StageExecutor<'a, 'b>)
+        (f: obj)
+        (locate: unit -> Result<FunctionRef, string>)
+        workers
+        capacity
+        ordered
+        name
+        =
         notNull StageKind.Map name f
-        let info = info StageKind.Map Executor.Process false workers capacity ordered name
+        let info = info StageKind.Map kind false workers capacity ordered name
         let stage = describe name StageKind.Map
 
         if isAsync typeof<'b> then
@@ -104,8 +114,20 @@ module internal Build =
             )
 
         match locate () with
-        | Ok fref -> Wiring.stage info (ProcessExecutor<'a, 'b> fref)
+        | Ok fref -> Wiring.stage info (executor fref)
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
+
+    /// A map stage whose workers are processes on this machine.
+    let processStage<'a, 'b> f locate workers capacity ordered name =
+        remoteStage<'a, 'b>
+            Executor.Process
+            (fun fref -> ProcessExecutor<'a, 'b> fref)
+            f
+            locate
+            workers
+            capacity
+            ordered
+            name
 
     let one (x: 'T) = Seq.singleton x
 

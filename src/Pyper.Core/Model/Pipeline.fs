@@ -4,6 +4,7 @@ type Executor =
     | Thread = 0
     | Async = 1
     | Process = 2
+    | Distributed = 3
 
 [<RequireQualifiedAccess>]
 module StageDefaults =
@@ -26,6 +27,7 @@ type StageInfo
         | Executor.Thread -> "threads"
         | Executor.Async -> "async"
         | Executor.Process -> "processes"
+        | Executor.Distributed -> "distributed"
         | e -> string e
 
     member _.Name = defaultArg name (label kind)

@@ -11,6 +11,8 @@ type Executor =
     | Async = 1
     /// Each worker is a separate process (`multiprocess`): for isolation of CPU-heavy or unsafe work.
     | Process = 2
+    /// Workers are processes on any number of machines, fed through a NATS JetStream server (Pyper.Distributed).
+    | Distributed = 3
 
 /// Defaults of the stage options, shared by the F# API and the C# facade.
 [<RequireQualifiedAccess>]

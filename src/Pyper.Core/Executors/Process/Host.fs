@@ -49,7 +49,7 @@ module internal ProcessHost =
     /// Folders already searched for dependencies (a worker serves many functions in its life).
     let private folders = Collections.Generic.HashSet<string>()
 
-    let private resolveIn (dir: string) =
+    let internal resolveIn (dir: string) =
         if folders.Add dir then
             AssemblyLoadContext.Default.add_Resolving (fun ctx name ->
                 let path = Path.Combine(dir, name.Name + ".dll")
@@ -60,7 +60,7 @@ module internal ProcessHost =
                     null)
 
     /// Exits the worker when its parent process is gone, even while the function is busy.
-    let private watchParent (parent: int) =
+    let internal watchParent (parent: int) =
         if not (OperatingSystem.IsWindows()) then
             let watch () =
                 while getppid () = parent do
@@ -70,7 +70,7 @@ module internal ProcessHost =
 
             Thread(watch, IsBackground = true, Name = "Pyper/watchdog").Start()
 
-    let private runner (r: FunctionRef) : IBatchRunner =
+    let internal runner (r: FunctionRef) : IBatchRunner =
         let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
         resolveIn (Path.GetDirectoryName r.Assembly)
         let t = assembly.ManifestModule.ResolveType r.TypeToken
@@ -96,7 +96,7 @@ module internal ProcessHost =
         let f = m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(a, b), target)
         Activator.CreateInstance(typedefof<BatchRunner<_, _>>.MakeGenericType(a, b), f) :?> IBatchRunner
 
-    let private failure (e: exn) =
+    let internal failure (e: exn) =
         JsonSerializer.SerializeToUtf8Bytes(
             {
                 Wire.RemoteFailure.Type = e.GetType().AssemblyQualifiedName

@@ -1,0 +1,57 @@
+namespace Pyper.Distributed
+
+open System
+open System.Runtime.InteropServices
+open System.Threading
+open System.Threading.Tasks
+open Pyper.FSharp
+
+/// Serving distributed stages: from a program of one's own (`ServeAsync`), or with the worker host
+/// (`dotnet Pyper.Worker.dll --nats <url> --assemblies <dir>`), on any machine that reaches the server.
+[<AbstractClass; Sealed>]
+type Worker =
+    /// Serves every distributed stage announced on `server` whose function's assembly is in the
+    /// `assemblies` folder (or already loaded in this process, same build), until `cancellationToken`
+    /// is cancelled. Runs up to `parallelism` batches of each stage at once (0: one per core).
+    /// Fails at once with an IOException naming the URL when the server cannot be reached.
+    static member ServeAsync:
+        server: NatsServer *
+        assemblies: string *
+        [<Optional; DefaultParameterValue(0)>] parallelism: int *
+        [<Optional>] cancellationToken: CancellationToken ->
+            Task
+
+/// Distributed map stages for C# (F#: `Stage.distributed`).
+[<AbstractClass; Sealed>]
+type DistributedStage =
+    /// A map stage whose function runs in worker processes on any number of machines, fed through
+    /// `server` (see `Stage.distributed`).
+    static member Map<'a, 'b> :
+        f: Func<'a, 'b> *
+        server: NatsServer *
+        [<Optional; DefaultParameterValue(1)>] workers: int *
+        [<Optional; DefaultParameterValue(1024)>] capacity: int *
+        [<Optional; DefaultParameterValue(false)>] ordered: bool *
+        [<Optional; DefaultParameterValue(null: string)>] name: string ->
+            Pipeline<'a, 'b>
+
+namespace Pyper.FSharp
+
+open Pyper.Distributed
+
+/// `Stage.distributed`, beside the other stage constructors (with a reference to Pyper.Distributed).
+[<AutoOpen>]
+module DistributedStages =
+    type Stage with
+        /// A map stage whose function runs in worker processes on any number of machines, fed through
+        /// the NATS JetStream server `server`. The function obeys the process executor's rules (a module
+        /// function or static method of a compiled assembly, or a lambda there that captures nothing;
+        /// items and results serializable) and is refused here otherwise. Start workers with
+        /// `dotnet Pyper.Worker.dll --nats <url> --assemblies <dir>` or `Worker.ServeAsync`; they may join
+        /// and leave during a run. `workers` bounds the batches in flight across all of them (each batch
+        /// runs its items one after another in one worker), `capacity`, `ordered` and `name` mean what
+        /// they mean for every stage. The run fails at its first failure; cancelling or stopping it early
+        /// deletes its queues from the server.
+        static member distributed:
+            f: ('a -> 'b) * server: NatsServer * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+                Pipeline<'a, 'b>

@@ -1,0 +1,143 @@
+namespace Pyper.Distributed
+
+open System
+open System.IO
+open System.Text.Json
+open System.Threading
+open System.Threading.Tasks
+open NATS.Client.Core
+open NATS.Client.JetStream
+open NATS.Client.JetStream.Models
+open Pyper
+
+/// What a distributed stage publishes so that workers on any machine can serve it: its queues
+/// and its function (an assembly file name, found in the worker's `--assemblies` folder, with the
+/// parent's build id, and the metadata tokens of `FunctionRef`).
+type internal StageDescriptor =
+    {
+        /// The message format's version (`Protocol.Version`); a worker skips any other.
+        Version: int
+        /// The stage's name in its run (for workers' log lines).
+        Stage: string
+        /// The work stream and its subject; the durable consumer all workers share.
+        WorkStream: string
+        WorkSubject: string
+        WorkConsumer: string
+        /// Where workers publish results.
+        ResultsSubject: string
+        AssemblyFile: string
+        /// The parent's build of the assembly: a worker with another build does not serve the stage.
+        AssemblyMvid: Guid
+        TypeToken: int
+        MethodToken: int
+        Instance: bool
+        /// The consumer's AckWait: a running batch sends progress every third of it.
+        AckWaitMilliseconds: int
+    }
+
+/// Names, frames and the shared set-up of the distributed executor's use of JetStream.
+/// Per run and stage (a fresh id): a work stream (work-queue retention, bounded, Discard=New,
+/// one durable pull consumer shared by all workers) and a results stream (work-queue retention,
+/// one consumer: the parent); the stage's descriptor is the last message on its subject of the
+/// shared announcements stream `PYPER_STAGES`, which workers follow.
+module internal Protocol =
+    /// The format version of descriptors and frames.
+    [<Literal>]
+    let Version = 1uy
+
+    [<Literal>]
+    let StagesStream = "PYPER_STAGES"
+
+    [<Literal>]
+    let StagesPrefix = "pyper.stages."
+
+    [<Literal>]
+    let WorkConsumer = "workers"
+
+    [<Literal>]
+    let ResultsConsumer = "parent"
+
+    /// Frame kinds of a result message.
+    [<Literal>]
+    let Results = 3uy
+
+    [<Literal>]
+    let Failure = 4uy
+
+    /// Messages left by a parent that died without cleaning up expire after this.
+    let SafetyAge = TimeSpan.FromHours 24.0
+
+    let workStream (id: string) = $"PYPER_{id}"
+    let resultsStream (id: string) = $"PYPER_{id}_R"
+    let workSubject (id: string) = $"pyper.{id}.work"
+    let resultsSubject (id: string) = $"pyper.{id}.results"
+    let stageSubject (id: string) = StagesPrefix + id
+
+    /// A frame: version, kind, batch id (8 bytes, little-endian), payload.
+    let frame (kind: byte) (id: int64) (payload: byte[]) (offset: int) (count: int) =
+        let buf = Array.zeroCreate<byte>(10 + count)
+        buf[0] <- Version
+        buf[1] <- kind
+        System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(Span(buf, 2, 8), id)
+        Array.blit payload offset buf 10 count
+        buf
+
+    /// The frame's kind and batch id; the payload starts at byte 10.
+    let header (buf: byte[]) =
+        if buf.Length < 10 || buf[0] <> Version then
+            raise (InvalidDataException $"Not a Pyper frame of version {Version}.")
+
+        buf[1], System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(ReadOnlySpan(buf, 2, 8))
+
+    let encode (d: StageDescriptor) =
+        JsonSerializer.SerializeToUtf8Bytes(d, Wire.options)
+
+    let decode (buf: byte[]) =
+        JsonSerializer.Deserialize<StageDescriptor>(ReadOnlySpan buf, Wire.options)
+
+    /// A connection to the server, or an IOException naming its URL.
+    let connect (server: NatsServer) (who: string) : Task<NatsConnection> =
+        task {
+            let conn = new NatsConnection(server.Options)
+
+            try
+                do! conn.ConnectAsync()
+                return conn
+            with e ->
+                do! conn.DisposeAsync()
+
+                return raise (IOException($"{who}: cannot connect to the NATS server at {server.Url}: {e.Message}", e))
+        }
+
+    /// The announcements stream (the same configuration from every parent and worker).
+    let ensureStagesStream (js: NatsJSContext) (ct: CancellationToken) : Task =
+        task {
+            let config =
+                StreamConfig(
+                    StagesStream,
+                    [| StagesPrefix + ">" |],
+                    MaxMsgsPerSubject = 1L,
+                    MaxAge = SafetyAge,
+                    Storage = StreamConfigStorage.File
+                )
+
+            let! _ = js.CreateOrUpdateStreamAsync(config, ct)
+            ()
+        }
+
+    /// True when `e` says the stream (or its consumer) no longer exists.
+    let isGone (e: exn) =
+        match e with
+        | :? NatsJSApiException as a -> a.Error.Code = 404
+        | _ -> false
+
+    /// Runs `f` with a token cancelled after `seconds`, ignoring its failure (best-effort clean-up).
+    let bestEffort (seconds: float) (f: CancellationToken -> Task) : Task =
+        task {
+            use cts = new CancellationTokenSource(TimeSpan.FromSeconds seconds)
+
+            try
+                do! f cts.Token
+            with _ ->
+                ()
+        }

@@ -1,0 +1,314 @@
+namespace Pyper.Distributed
+
+open System
+open System.Collections.Concurrent
+open System.IO
+open System.Runtime.Loader
+open System.Threading
+open System.Threading.Tasks
+open NATS.Client.Core
+open NATS.Client.JetStream
+open NATS.Client.JetStream.Models
+open Pyper
+
+/// The worker's side: follows the stage announcements and serves each stage whose function it can
+/// load, running `parallelism` batches of it at once. A batch's result is published (durably, with
+/// the batch id as MsgId) before the batch is acked, so a worker killed at any point loses nothing.
+module internal WorkerLoop =
+    /// The function of a stage, from the worker's assemblies folder (or already loaded, same build).
+    let private runnerOf (assemblies: string) (d: StageDescriptor) : Result<IBatchRunner, string> =
+        let loaded =
+            AppDomain.CurrentDomain.GetAssemblies()
+            |> Array.tryFind (fun a ->
+                not a.IsDynamic
+                && not (String.IsNullOrEmpty a.Location)
+                && a.ManifestModule.ModuleVersionId = d.AssemblyMvid)
+
+        let path =
+            match loaded with
+            | Some a -> a.Location
+            | None -> Path.Combine(assemblies, d.AssemblyFile)
+
+        if not (File.Exists path) then
+            Error $"{d.AssemblyFile} is not in {assemblies}"
+        else
+            try
+                let a = AssemblyLoadContext.Default.LoadFromAssemblyPath path
+
+                if
+                    d.AssemblyMvid <> Guid.Empty
+                    && a.ManifestModule.ModuleVersionId <> d.AssemblyMvid
+                then
+                    Error $"{path} is another build than the parent's (every machine must run the same build)"
+                else
+                    Ok(
+                        ProcessHost.runner
+                            {
+                                Assembly = path
+                                TypeToken = d.TypeToken
+                                MethodToken = d.MethodToken
+                                Instance = d.Instance
+                            }
+                    )
+            with e ->
+                Error $"{path} could not be loaded: {e.Message}"
+
+    /// Runs one batch and publishes its result, then acks it; progress keeps a long batch ours.
+    let private handle
+        (js: NatsJSContext)
+        (d: StageDescriptor)
+        (runner: IBatchRunner)
+        (msg: INatsJSMsg<byte[]>)
+        (token: CancellationToken)
+        : Task =
+        task {
+            let data = msg.Data
+            let _, batch = Protocol.header data
+            let items = Array.sub data 10 (data.Length - 10)
+            let every = max 50 (d.AckWaitMilliseconds / 3)
+
+            use _progress =
+                new Timer(
+                    (fun _ ->
+                        try
+                            msg.AckProgressAsync().AsTask() |> ignore
+                        with _ ->
+                            ()),
+                    null,
+                    every,
+                    every
+                )
+
+            // On a thread of its own, not the pool's: blocking or CPU-bound functions must not starve
+            // the pool, which runs the progress timer and the client's I/O (a late progress ack
+            // would let the server redeliver a batch that is still running).
+            let! kind, reply =
+                Task.Factory.StartNew(
+                    (fun () ->
+                        try
+                            Protocol.Results, runner.Run items
+                        with e ->
+                            Protocol.Failure, ProcessHost.failure e),
+                    CancellationToken.None,
+                    TaskCreationOptions.LongRunning,
+                    TaskScheduler.Default
+                )
+
+            let result = Protocol.frame kind batch reply 0 reply.Length
+            let opts = NatsJSPubOpts(MsgId = string batch)
+            let mutable sent = false
+
+            while not sent do
+                let! failure =
+                    task {
+                        try
+                            let! ack =
+                                js.PublishAsync(d.ResultsSubject, result, opts = opts, cancellationToken = token)
+
+                            ack.EnsureSuccess()
+                            return null
+                        with e ->
+                            return e
+                    }
+
+                match failure with
+                | null -> sent <- true
+                | _ when token.IsCancellationRequested -> token.ThrowIfCancellationRequested()
+                | e when Protocol.isGone e -> raise e // the run is over
+                | _ -> do! Task.Delay(50, token) // the server is restarting: the result must get out
+
+            _progress.Dispose()
+            do! msg.AckAsync(cancellationToken = token)
+        }
+
+    /// Serves one stage until its stream is deleted (the run ended) or `token` is cancelled.
+    let private serveStage
+        (js: NatsJSContext)
+        (d: StageDescriptor)
+        (runner: IBatchRunner)
+        (parallelism: int)
+        (token: CancellationToken)
+        : Task =
+        let one () : Task =
+            task {
+                let mutable go = true
+
+                while go && not token.IsCancellationRequested do
+                    try
+                        let! consumer = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
+
+                        while go do
+                            let! next =
+                                consumer.NextAsync<byte[]>(
+                                    opts = NatsJSNextOpts(Expires = TimeSpan.FromSeconds 2.0),
+                                    cancellationToken = token
+                                )
+
+                            if not (isNull (box next)) then
+                                do! handle js d runner next token
+                    with
+                    | :? OperationCanceledException when token.IsCancellationRequested -> go <- false
+                    | e when Protocol.isGone e -> go <- false
+                    | _ ->
+                        // A server restart, or a deleted consumer: is the stage still there?
+                        try
+                            let! _ = js.GetStreamAsync(d.WorkStream, cancellationToken = token)
+                            do! Task.Delay(100, token)
+                        with _ ->
+                            go <- false
+            }
+
+        Task.WhenAll(Array.init parallelism (fun _ -> Task.Run(fun () -> one ())))
+
+    /// Serves every announced stage until `token` is cancelled. `ready` runs once the worker follows
+    /// the announcements; `log` gets a line per stage served or skipped.
+    let serve
+        (server: NatsServer)
+        (assemblies: string)
+        (parallelism: int)
+        (ready: unit -> unit)
+        (log: string -> unit)
+        (token: CancellationToken)
+        : Task =
+        task {
+            let! conn = Protocol.connect server "Pyper worker"
+            let js = NatsJSContext(conn)
+            let serving = ConcurrentDictionary<string, Task>()
+
+            try
+                do! Protocol.ensureStagesStream js token
+
+                // The stream keeps one message per stage (MaxMsgsPerSubject = 1): reading all of it
+                // reads the current announcements (nats-server 2.9 refuses LastPerSubject without a filter).
+                let! stages =
+                    js.CreateOrderedConsumerAsync(Protocol.StagesStream, cancellationToken = token)
+
+                ready ()
+
+                let announce (msg: INatsJSMsg<byte[]>) =
+                    try
+                        let d = Protocol.decode msg.Data
+
+                        if d.Version <> int Protocol.Version then
+                            log
+                                $"skipping stage '{d.Stage}': message format {d.Version}, this worker speaks {Protocol.Version}"
+                        elif not (serving.ContainsKey d.WorkStream) then
+                            match runnerOf assemblies d with
+                            | Error why -> log $"skipping stage '{d.Stage}': {why}"
+                            | Ok runner ->
+                                log $"serving stage '{d.Stage}'"
+
+                                serving[d.WorkStream] <-
+                                    task {
+                                        try
+                                            do! serveStage js d runner parallelism token
+                                        finally
+                                            serving.TryRemove d.WorkStream |> ignore
+                                    }
+                    with e ->
+                        log $"skipping an announcement: {e.Message}"
+
+                    Task.CompletedTask
+
+                try
+                    do!
+                        AsyncStream.forEach
+                            (stages.ConsumeAsync<byte[]>(cancellationToken = token))
+                            token
+                            (fun () -> Task.CompletedTask)
+                            announce
+                with :? OperationCanceledException when token.IsCancellationRequested ->
+                    ()
+            finally
+                ()
+
+            do! Task.WhenAll(serving.Values).ContinueWith(ignore)
+            do! conn.DisposeAsync()
+        }
+
+/// The worker host's NATS mode: `Pyper.Worker.dll --nats URL --assemblies DIR` calls `run`.
+module internal WorkerHost =
+    let usage =
+        "usage: dotnet Pyper.Worker.dll --nats <url> --assemblies <dir> [--parallel <n>] [--user <u> --password <p> | --token <t> | --creds <file>] [--tls-ca <file>] [--tls-cert <file> --tls-key <file>] [--parent <pid>]"
+
+    /// The server, from the command line's connection options.
+    let serverOf (arg: string -> string option) =
+        let url = (arg "--nats").Value
+
+        let mutable opts =
+            NatsOpts(Url = url, Name = $"pyper-worker-{Environment.MachineName}-{Environment.ProcessId}")
+
+        let auth =
+            NatsAuthOpts(
+                Username = Option.toObj (arg "--user"),
+                Password = Option.toObj (arg "--password"),
+                Token = Option.toObj (arg "--token"),
+                CredsFile = Option.toObj (arg "--creds")
+            )
+
+        let tls =
+            match arg "--tls-ca", arg "--tls-cert", arg "--tls-key" with
+            | None, None, None -> NatsTlsOpts.Default
+            | ca, cert, key ->
+                NatsTlsOpts(
+                    Mode = TlsMode.Require,
+                    CaFile = Option.toObj ca,
+                    CertFile = Option.toObj cert,
+                    KeyFile = Option.toObj key
+                )
+
+        NatsServer(NatsOpts(Url = url, Name = opts.Name, AuthOpts = auth, TlsOpts = tls))
+
+    /// Serves until SIGTERM, Ctrl+C or the end of `--parent`; prints one line when ready.
+    let run (args: string[]) : int =
+        let arg (name: string) =
+            match Array.tryFindIndex ((=) name) args with
+            | Some i when i + 1 < args.Length -> Some args[i + 1]
+            | _ -> None
+
+        match arg "--nats", arg "--assemblies" with
+        | Some url, Some dir when Directory.Exists dir ->
+            let dir = Path.GetFullPath dir
+            ProcessHost.resolveIn dir
+            arg "--parent" |> Option.iter (int >> ProcessHost.watchParent)
+
+            let parallelism =
+                arg "--parallel"
+                |> Option.map int
+                |> Option.defaultValue Environment.ProcessorCount
+
+            use stop = new CancellationTokenSource()
+
+            Console.CancelKeyPress.Add(fun e ->
+                e.Cancel <- true
+                stop.Cancel())
+
+            use _term =
+                Runtime.InteropServices.PosixSignalRegistration.Create(
+                    Runtime.InteropServices.PosixSignal.SIGTERM,
+                    fun c ->
+                        c.Cancel <- true
+                        stop.Cancel()
+                )
+
+            try
+                (WorkerLoop.serve
+                    (serverOf arg)
+                    dir
+                    parallelism
+                    (fun () ->
+                        Console.Error.WriteLine(
+                            $"Pyper worker {Environment.ProcessId}: ready, serving {url} from {dir}"
+                        ))
+                    (fun line -> Console.Error.WriteLine($"Pyper worker {Environment.ProcessId}: {line}"))
+                    stop.Token)
+                    .GetAwaiter()
+                    .GetResult()
+
+                0
+            with e ->
+                Console.Error.WriteLine($"Pyper worker: {e.Message}")
+                1
+        | _ ->
+            Console.Error.WriteLine usage
+            2
