@@ -75,6 +75,10 @@ module internal Build =
                 )
             )
 
+        // Before the function: an item type that cannot cross makes any function useless.
+        WireTypes.check stage "parameter" typeof<'a>
+        WireTypes.check stage "result" typeof<'b>
+
         match locate () with
         | Ok fref -> Wiring.stage info (OnPool(ProcessWorkers.processMap fref)): Pipeline<'a, 'b>
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
@@ -83,7 +87,19 @@ module internal Build =
     let processOfDelegate<'a, 'b> (f: Func<'a, 'b>) (workers: int) (capacity: int) (ordered: bool) (name: string) =
         processStage<'a, 'b>
             (box f)
-            (fun () -> FunctionRefs.ofDelegate f)
+            (fun () ->
+                let m = f.Method
+                let ps = m.GetParameters()
+
+                // A worker process reads items as the method's own types: they must be the stage's.
+                if
+                    ps.Length = 1
+                    && (ps[0].ParameterType <> typeof<'a> || m.ReturnType <> typeof<'b>)
+                then
+                    Error
+                        $"the method takes {ps[0].ParameterType} and returns {m.ReturnType}, but the stage's items are {typeof<'a>} and its results {typeof<'b>}: wrap it in a lambda of the stage's own types"
+                else
+                    FunctionRefs.ofDelegate f)
             (Some workers)
             (Some capacity)
             (Some ordered)
