@@ -19,6 +19,7 @@ let private all =
             DedicatedThreadTests.tests
             LawTests.tests
             ProcessTests.tests
+            ProcessHardeningTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
         ]
