@@ -22,6 +22,7 @@ let private all =
             ProcessHardeningTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
+            Pyper.CSharp.Tests.ProcessHardeningTests.All
         ]
 
 /// Runs every test; under build.fsx the counts go to a file and build.fsx prints the closing line.
