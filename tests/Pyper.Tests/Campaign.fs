@@ -303,7 +303,7 @@ let private build (case: Case) (calls: int[]) (triggered: int ref) : Pipeline<in
                 | _ -> -1, -1
 
             let text x =
-                if s.Copies = 2 && abs x % 500 = 7 then
+                if s.Copies = 2 && abs x = 7 then
                     $"{x};" + String('h', 3_000_000)
                 else
                     $"{x};"
