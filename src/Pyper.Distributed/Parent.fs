@@ -269,6 +269,8 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         TypeToken = fref.TypeToken
                         MethodToken = fref.MethodToken
                         Instance = fref.Instance
+                        TypeArgs = fref.TypeArgs
+                        MethodArgs = fref.MethodArgs
                         AckWaitMilliseconds = int server.AckWait.TotalMilliseconds
                     }
 
@@ -388,13 +390,10 @@ module internal ParentSide =
                         Array.blit results 0 output 0 n
                         return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
                     else
-                        let failure =
-                            JsonSerializer.Deserialize<Wire.RemoteFailure>(
-                                ReadOnlySpan(reply, 10, reply.Length - 10),
-                                Wire.options
+                        return
+                            raise (
+                                RemoteFailures.decode env.Name typeof<'b> (ReadOnlySpan(reply, 10, reply.Length - 10))
                             )
-
-                        return raise (ProcessWorkers.remoteFailure env.Name failure)
                 }
 
             Loops.mapBatches runBatch env)

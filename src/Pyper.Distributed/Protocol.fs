@@ -31,6 +31,9 @@ type internal StageDescriptor =
         TypeToken: int
         MethodToken: int
         Instance: bool
+        /// Type arguments (assembly-qualified names) of a generic type and of a generic method.
+        TypeArgs: string[]
+        MethodArgs: string[]
         /// The consumer's AckWait: a running batch sends progress every third of it.
         AckWaitMilliseconds: int
     }
@@ -43,7 +46,7 @@ type internal StageDescriptor =
 module internal Protocol =
     /// The format version of descriptors and frames.
     [<Literal>]
-    let Version = 1uy
+    let Version = 2uy
 
     [<Literal>]
     let StagesStream = "PYPER_STAGES"

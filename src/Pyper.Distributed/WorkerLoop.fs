@@ -48,6 +48,8 @@ module internal WorkerLoop =
                                 TypeToken = d.TypeToken
                                 MethodToken = d.MethodToken
                                 Instance = d.Instance
+                                TypeArgs = d.TypeArgs
+                                MethodArgs = d.MethodArgs
                             }
                     )
             with e ->
@@ -88,7 +90,7 @@ module internal WorkerLoop =
                         try
                             Protocol.Results, runner.Run items
                         with e ->
-                            Protocol.Failure, ProcessHost.failure e),
+                            Protocol.Failure, RemoteFailures.encode e),
                     CancellationToken.None,
                     TaskCreationOptions.LongRunning,
                     TaskScheduler.Default

@@ -36,6 +36,9 @@ type StageSpec =
         Capacity: int
         Ordered: bool
         Blocks: bool
+        /// For a process stage: what crosses (0 ints, 1 value tuples, 2 a class with public
+        /// fields, 3 ints through a generic function).
+        Shape: int
     }
 
 type Fault =
@@ -58,6 +61,47 @@ type Case =
 
 /// The injected failure, so the campaign can tell it from anything else.
 exception Injected of stage: int * call: int
+
+/// An item with public fields, for process stages.
+[<AllowNullLiteral>]
+type CampaignItem() =
+    [<DefaultValue>]
+    val mutable X: int
+
+    [<DefaultValue>]
+    val mutable Text: string
+
+    [<DefaultValue>]
+    val mutable FailStage: int
+
+    [<DefaultValue>]
+    val mutable FailCall: int
+
+/// What the campaign's process stages run in their workers. An item may carry the injected
+/// failure (the worker throws it) and, now and then, a 3 MB text (a batch of its own).
+module CampaignRemote =
+    let private checkedTriple x (text: string) stage call =
+        if stage >= 0 then
+            raise (Injected(stage, call))
+        elif isNull text || not (text.StartsWith(string x + ";")) then
+            failwith $"item lost on the way: {x} {text}"
+        else
+            x * 3
+
+    let tupled (struct (x: int, text: string, stage: int, call: int)) = checkedTriple x text stage call
+
+    let fielded (i: CampaignItem) =
+        checkedTriple i.X i.Text i.FailStage i.FailCall
+
+    /// A generic function: its closure is closed over 'T in the worker.
+    let generic<'T> w c o =
+        Stage.map (
+            (fun (x: int) -> if isNull typeof<'T>.Name then 0 else x * 3),
+            workers = w,
+            capacity = c,
+            ordered = o,
+            multiprocess = true
+        )
 
 /// What one case did.
 type Outcome =
@@ -123,6 +167,7 @@ let private stageGen =
 
         let! ordered = Gen.elements [ true; false ]
         let! blocks = Gen.frequency [ 9, Gen.constant false; 1, Gen.constant true ]
+        let! shape = Gen.choose (0, 3)
 
         let joins = kind = PassJoin || kind = PassJoinStream || kind = BatchFlatten
 
@@ -138,6 +183,7 @@ let private stageGen =
                 // an ordered join needs one worker
                 Ordered = ordered && not (joins && workers > 1)
                 Blocks = blocks && kind = Map
+                Shape = shape
             }
     }
 
@@ -288,7 +334,35 @@ let private build (case: Case) (calls: int[]) (triggered: int ref) : Pipeline<in
                 ordered = true
             )
         | InProcess ->
-            Stage.map (ProcessTests.Remote.triple, workers = w, capacity = c, ordered = o, multiprocess = true)
+            // The injected failure travels with its item and is thrown in the worker.
+            let fault () =
+                let n = Interlocked.Increment &calls[i]
+
+                match case.Fault with
+                | Throw(fs, fc) when fs = i && fc = n ->
+                    triggered.Value <- 1
+                    fs, fc
+                | _ -> -1, -1
+
+            let text x =
+                if s.Copies = 2 && abs x = 7 then
+                    $"{x};" + String('h', 3_000_000)
+                else
+                    $"{x};"
+
+            match s.Shape with
+            | 1 ->
+                Stage.map (fun x ->
+                    let fs, fc = fault ()
+                    struct (x, text x, fs, fc))
+                >=> Stage.map (CampaignRemote.tupled, workers = w, capacity = c, ordered = o, multiprocess = true)
+            | 2 ->
+                Stage.map (fun x ->
+                    let fs, fc = fault ()
+                    CampaignItem(X = x, Text = text x, FailStage = fs, FailCall = fc))
+                >=> Stage.map (CampaignRemote.fielded, workers = w, capacity = c, ordered = o, multiprocess = true)
+            | 3 -> CampaignRemote.generic<Guid> w c o
+            | _ -> Stage.map (ProcessTests.Remote.triple, workers = w, capacity = c, ordered = o, multiprocess = true)
 
     case.Stages |> List.mapi stage |> List.fold (>=>) Pipeline.id
 

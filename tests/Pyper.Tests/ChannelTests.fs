@@ -238,17 +238,23 @@ let tests =
                     Directory.Delete(folder, true))
 
             testCase "the wire names exception types, the parent builds only exceptions" (fun () ->
-                let failure (t: Type) : Wire.RemoteFailure =
-                    {
-                        Type = t.AssemblyQualifiedName
-                        Message = "http://example.invalid/"
-                        StackTrace = "at remote"
-                    }
+                // A worker's failure frame for an exception, then the same frame naming another type.
+                let frame =
+                    RemoteFailures.encode (InvalidOperationException "http://example.invalid/")
 
-                let e = ProcessWorkers.remoteFailure "s" (failure typeof<InvalidOperationException>)
+                let text = Text.Encoding.UTF8.GetString frame
+
+                let failure (t: Type) =
+                    Text.Encoding.UTF8.GetBytes(
+                        text.Replace(typeof<InvalidOperationException>.AssemblyQualifiedName, t.AssemblyQualifiedName)
+                    )
+
+                let e =
+                    RemoteFailures.decode "s" typeof<int> (ReadOnlySpan(failure typeof<InvalidOperationException>))
+
                 Expect.equal (e.GetType()) typeof<InvalidOperationException> "an exception type is rebuilt"
                 // Uri has a (string) constructor too, but it is no exception: it is never built.
-                let e = ProcessWorkers.remoteFailure "s" (failure typeof<Uri>)
+                let e = RemoteFailures.decode "s" typeof<int> (ReadOnlySpan(failure typeof<Uri>))
                 Expect.isTrue (e :? RemoteStageException) "a non-exception type comes as RemoteStageException"
                 Expect.equal (e :?> RemoteStageException).RemoteType typeof<Uri>.AssemblyQualifiedName "named")
         ]

@@ -23,10 +23,12 @@ let private all =
             ProcessTests.tests
             ChannelTests.tests
             HardeningTests.tests
+            ProcessHardeningTests.tests
             DistributedTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All
+            Pyper.CSharp.Tests.ProcessHardeningTests.All
         ]
 
 /// Runs every test; under build.fsx the counts go to a file and build.fsx prints the closing line.

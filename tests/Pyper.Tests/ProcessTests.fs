@@ -22,6 +22,10 @@ type Reading =
 /// An item that cannot be serialized.
 type Holder = { Make: Func<int> }
 
+/// An exception the parent cannot re-create: no constructor it knows how to call.
+type Unrebuildable(code: Guid) =
+    inherit Exception($"boom {code}")
+
 /// Functions that worker processes run: module functions of this compiled assembly.
 module Remote =
     let triple (x: int) = x * 3
@@ -33,7 +37,11 @@ module Remote =
             Tags = "calibrated" :: r.Tags
         }
 
-    let boomAtSeven (x: int) = if x = 7 then raise (Boom 7) else x
+    let failAtSeven (x: int) = if x = 7 then invalidOp "seven" else x
+
+    let boomAtSeven (x: int) =
+        if x = 7 then raise (Unrebuildable Guid.Empty) else x
+
     let hold (h: Holder) = h
 
     let shout (x: int) =
@@ -118,15 +126,15 @@ let tests =
                 Expect.stringContains e.Message "async function" "says why"
                 Expect.stringContains e.Message "Stage.mapTask" "says what to do")
 
-            processTest "an item that cannot be serialized fails the run, naming the stage and the type" (fun () ->
-                let p = Stage.map (Remote.hold, multiprocess = true, name = "holder")
-
+            testCase "an item type that cannot be serialized is refused when the stage is built" (fun () ->
                 let e =
-                    catchExn (fun () -> collect (Pipeline.toSeq { Make = Func<int>(fun () -> 1) } p) |> ignore)
+                    Expect.throwsC
+                        (fun () -> Stage.map (Remote.hold, multiprocess = true, name = "holder") |> ignore)
+                        id
 
-                Expect.isTrue (e :? NotSupportedException) $"NotSupportedException, got {e.GetType()}"
+                Expect.isTrue (e :? ArgumentException) $"ArgumentException, got {e.GetType()}"
                 Expect.stringContains e.Message "Stage 'holder'" "the stage"
-                Expect.stringContains e.Message "Holder" "the type")
+                Expect.stringContains e.Message "Func" "the type")
 
             processTest
                 "a missing worker host fails the stage at once, naming the file, where it looked and what to do"
@@ -162,7 +170,7 @@ let tests =
 
                 match e with
                 | :? RemoteStageException as r ->
-                    Expect.stringContains r.RemoteType "Boom" "the remote type"
+                    Expect.stringContains r.RemoteType "Unrebuildable" "the remote type"
                     Expect.stringContains r.RemoteStackTrace "boomAtSeven" "the remote stack trace"
                 | e -> failtestf "expected RemoteStageException, got %O" e)
 

@@ -113,9 +113,28 @@ module internal Build =
                 )
             )
 
+        // Before the function: an item type that cannot cross makes any function useless.
+        WireTypes.check stage "parameter" typeof<'a>
+        WireTypes.check stage "result" typeof<'b>
+
         match locate () with
         | Ok fref -> Wiring.stage info (executor fref)
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
+
+    /// How a worker re-creates a delegate, refusing a method whose own types are not the stage's
+    /// (a worker process reads items as the method's own types).
+    let delegateRef<'a, 'b> (f: Func<'a, 'b>) =
+        let m = f.Method
+        let ps = m.GetParameters()
+
+        if
+            ps.Length = 1
+            && (ps[0].ParameterType <> typeof<'a> || m.ReturnType <> typeof<'b>)
+        then
+            Error
+                $"the method takes {ps[0].ParameterType} and returns {m.ReturnType}, but the stage's items are {typeof<'a>} and its results {typeof<'b>}: wrap it in a lambda of the stage's own types"
+        else
+            FunctionRefs.ofDelegate f
 
     /// A map stage whose workers are processes on this machine.
     let processStage<'a, 'b> f locate workers capacity ordered name =
@@ -168,7 +187,7 @@ type Stage =
 
     static member mapFunc(f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
         if defaultArg multiprocess false then
-            Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofDelegate f) workers capacity ordered name
+            Build.processStage<'a, 'b> (box f) (fun () -> Build.delegateRef f) workers capacity ordered name
         else
             Stage.map (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),

@@ -191,6 +191,12 @@ let tests =
                         TypeToken = 0x02000005
                         MethodToken = 0x06000011
                         Instance = true
+                        TypeArgs = [| typeof<int>.AssemblyQualifiedName |]
+                        MethodArgs =
+                            [|
+                                typeof<string>.AssemblyQualifiedName
+                                typeof<int list>.AssemblyQualifiedName
+                            |]
                     }
 
                 Expect.equal (FunctionRef.Decode(r.Encode())) r "the same reference")

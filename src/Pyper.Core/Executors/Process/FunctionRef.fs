@@ -21,21 +21,66 @@ type internal FunctionRef =
         TypeToken: int
         MethodToken: int
         Instance: bool
+        /// The type arguments of a generic type (assembly-qualified names), else empty.
+        TypeArgs: string[]
+        /// The type arguments of a generic method (assembly-qualified names), else empty.
+        MethodArgs: string[]
     }
 
     /// As sent to a worker: plain text, so a worker's start-up needs no serializer set-up.
+    /// Lines: type token, method token, instance, type arguments, method arguments (tab-separated), assembly.
     member r.Encode() =
-        Text.Encoding.UTF8.GetBytes $"{r.TypeToken}|{r.MethodToken}|{r.Instance}|{r.Assembly}"
+        let args (a: string[]) = String.Join('\t', a)
+
+        Text.Encoding.UTF8.GetBytes
+            $"{r.TypeToken}\n{r.MethodToken}\n{r.Instance}\n{args r.TypeArgs}\n{args r.MethodArgs}\n{r.Assembly}"
 
     static member Decode(payload: byte[]) =
-        let parts = Text.Encoding.UTF8.GetString(payload).Split('|', 4)
+        let parts = Text.Encoding.UTF8.GetString(payload).Split('\n', 6)
+
+        let args (s: string) = if s = "" then [||] else s.Split '\t'
 
         {
             TypeToken = int parts[0]
             MethodToken = int parts[1]
             Instance = bool.Parse parts[2]
-            Assembly = parts[3]
+            TypeArgs = args parts[3]
+            MethodArgs = args parts[4]
+            Assembly = parts[5]
         }
+
+    /// The type and method, closed over their type arguments (in the worker).
+    member r.Resolve(assembly: Assembly) : Type * MethodInfo =
+        let load (names: string[]) =
+            names |> Array.map (fun n -> Type.GetType(n, true))
+
+        let t = assembly.ManifestModule.ResolveType r.TypeToken
+
+        let t =
+            if r.TypeArgs.Length = 0 then
+                t
+            else
+                t.MakeGenericType(load r.TypeArgs)
+
+        let m =
+            if r.MethodToken = 0 then
+                t.GetMethods()
+                |> Array.find (fun m -> m.Name = "Invoke" && m.GetParameters().Length = 1)
+            else
+                let m = assembly.ManifestModule.ResolveMethod r.MethodToken
+
+                let m =
+                    if r.TypeArgs.Length = 0 then
+                        m :?> MethodInfo
+                    else
+                        MethodBase.GetMethodFromHandle(m.MethodHandle, t.TypeHandle) :?> MethodInfo
+
+                if r.MethodArgs.Length = 0 then
+                    m
+                else
+                    m.MakeGenericMethod(load r.MethodArgs)
+
+        t, m
 
 
 /// Finds, in the parent, how a worker process can re-create a function; explains why not when it cannot.
@@ -74,11 +119,26 @@ module internal FunctionRefs =
         |> Option.bind (fun t ->
             try
                 match closure.Module.ResolveMethod t with
-                | :? MethodInfo as m when m.IsStatic && not m.ContainsGenericParameters && loadable m.Module.Assembly ->
+                | :? MethodInfo as m when
+                    m.IsStatic
+                    && not m.ContainsGenericParameters
+                    && not m.DeclaringType.ContainsGenericParameters
+                    && loadable m.Module.Assembly
+                    ->
                     Some m
                 | _ -> None
             with _ ->
                 None)
+
+    /// The type arguments of a closed generic type or method, as a worker loads them.
+    let private names (args: Type[]) =
+        args |> Array.map (fun a -> a.AssemblyQualifiedName)
+
+    let private typeArgs (t: Type) =
+        if t.IsGenericType then
+            names (t.GetGenericArguments())
+        else
+            [||]
 
     let private ofMethod (m: MethodInfo) =
         {
@@ -86,6 +146,12 @@ module internal FunctionRefs =
             TypeToken = m.DeclaringType.MetadataToken
             MethodToken = m.MetadataToken
             Instance = false
+            TypeArgs = typeArgs m.DeclaringType
+            MethodArgs =
+                if m.IsGenericMethod then
+                    names (m.GetGenericArguments())
+                else
+                    [||]
         }
 
     /// How a worker re-creates an F# function value.
@@ -100,6 +166,8 @@ module internal FunctionRefs =
                     TypeToken = t.MetadataToken
                     MethodToken = 0
                     Instance = true
+                    TypeArgs = typeArgs t
+                    MethodArgs = [||]
                 }
         else
             match forwardee t with
@@ -130,5 +198,11 @@ module internal FunctionRefs =
                     TypeToken = target.GetType().MetadataToken
                     MethodToken = m.MetadataToken
                     Instance = true
+                    TypeArgs = typeArgs (target.GetType())
+                    MethodArgs =
+                        if m.IsGenericMethod then
+                            names (m.GetGenericArguments())
+                        else
+                            [||]
                 }
         | _ -> Error $"the lambda captures variables, which a worker process cannot re-create: {advice}"

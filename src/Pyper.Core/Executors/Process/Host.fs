@@ -35,7 +35,13 @@ type internal BatchRunner<'a, 'b>(f: Func<'a, 'b>) =
             let clock = Diagnostics.Stopwatch.StartNew()
             let results = Array.map f.Invoke items
             let cost = clock.Elapsed.Ticks
-            let json = JsonSerializer.SerializeToUtf8Bytes(results, Wire.options)
+
+            let json =
+                try
+                    JsonSerializer.SerializeToUtf8Bytes(results, Wire.options)
+                with e ->
+                    raise (ResultsNotSerializableException e)
+
             let reply = Array.zeroCreate<byte>(8 + json.Length)
             Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(Span(reply, 0, 8), cost)
             Array.blit json 0 reply 8 json.Length
@@ -73,38 +79,18 @@ module internal ProcessHost =
     let internal runner (r: FunctionRef) : IBatchRunner =
         let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
         resolveIn (Path.GetDirectoryName r.Assembly)
-        let t = assembly.ManifestModule.ResolveType r.TypeToken
+        let t, m = r.Resolve assembly
 
-        let target, m =
-            if r.MethodToken = 0 then
-                let invoke =
-                    t.GetMethods()
-                    |> Array.find (fun m -> m.Name = "Invoke" && m.GetParameters().Length = 1)
-
-                Activator.CreateInstance(t, true), invoke
+        let target =
+            if r.Instance then
+                Activator.CreateInstance(t, true)
             else
-                let m = assembly.ManifestModule.ResolveMethod r.MethodToken :?> MethodInfo
-
-                (if r.Instance then
-                     Activator.CreateInstance(t, true)
-                 else
-                     null),
-                m
+                null
 
         let a = (m.GetParameters()[0]).ParameterType
         let b = m.ReturnType
         let f = m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(a, b), target)
         Activator.CreateInstance(typedefof<BatchRunner<_, _>>.MakeGenericType(a, b), f) :?> IBatchRunner
-
-    let internal failure (e: exn) =
-        JsonSerializer.SerializeToUtf8Bytes(
-            {
-                Wire.RemoteFailure.Type = e.GetType().AssemblyQualifiedName
-                Wire.RemoteFailure.Message = e.Message
-                Wire.RemoteFailure.StackTrace = e.StackTrace
-            },
-            Wire.options
-        )
 
     /// The worker's main loop: connect, learn the function, then answer batches until the parent closes.
     let run (args: string[]) : int =
@@ -121,7 +107,13 @@ module internal ProcessHost =
         let mutable go = true
 
         while go do
-            match Wire.readSync stream with
+            let frame =
+                try
+                    Wire.readSync stream
+                with :? IOException ->
+                    None // the parent reset the connection: as good as closed
+
+            match frame with
             | None -> go <- false
             | Some(kind, payload) when kind = Wire.Init -> run <- runner (FunctionRef.Decode payload)
             | Some(_, payload) ->
@@ -129,8 +121,12 @@ module internal ProcessHost =
                     try
                         Wire.Results, run.Run payload
                     with e ->
-                        Wire.Failure, failure e
+                        Wire.Failure, RemoteFailures.encode e
 
-                Wire.writeSync stream (fst reply) (snd reply)
+                // The parent may stop the run (and close the connection) while this batch ran.
+                try
+                    Wire.writeSync stream (fst reply) (snd reply)
+                with :? IOException ->
+                    go <- false
 
         0

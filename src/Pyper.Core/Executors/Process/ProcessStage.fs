@@ -17,21 +17,6 @@ open System.Threading.Tasks.Sources
 module internal ProcessWorkers =
     open Loops
 
-    /// and can make one from a message (no assembly is loaded for it), else a RemoteStageException.
-    let remoteFailure (stage: string) (f: Wire.RemoteFailure) : exn =
-        let typeName = f.Type.Split(',')[0]
-
-        let loaded =
-            AppDomain.CurrentDomain.GetAssemblies()
-            |> Array.tryPick (fun a -> Option.ofObj (a.GetType(typeName, false)))
-
-        match loaded |> Option.map (fun t -> t, t.GetConstructor [| typeof<string> |]) with
-        | Some(t, ctor) when typeof<exn>.IsAssignableFrom t && not (isNull ctor) ->
-            let e = ctor.Invoke [| box f.Message |] :?> exn
-            e.Data[ErrorKeys.RemoteStackTrace] <- f.StackTrace
-            e
-        | _ -> RemoteStageException($"Stage '{stage}': {typeName}: {f.Message}", f.Type, f.StackTrace, Nullable())
-
     /// A worker process with the stage's function sent to it. A parked worker may have died since
     /// it parked: then this takes (or starts) another.
     let rec private connect (fref: FunctionRef) (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
@@ -92,63 +77,98 @@ module internal ProcessWorkers =
                 worker.Exited()
 
             let mutable clean = false
+            let mutable failure: exn = null
+            // One buffer per worker for batches' JSON; dropped when a huge item has grown it.
+            let buffer = ref (Buffers.ArrayBufferWriter<byte>())
 
             try
                 WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
 
+                // A batch goes in frames of at most about Wire.BatchBytes of JSON (a bigger item alone).
                 let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =
                     task {
-                        let payload =
-                            try
-                                JsonSerializer.SerializeToUtf8Bytes(Array.sub input 0 n, Wire.options)
-                            with e ->
-                                raise (
-                                    NotSupportedException(
-                                        $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
-                                        e
-                                    )
-                                )
+                        let mutable sent = 0
+                        let mutable cost = 0L
 
-                        // A dead worker shows as the end of the stream or as a reset connection.
-                        let! reply =
-                            task {
+                        while sent < n do
+                            let k =
                                 try
-                                    do! Wire.write stream Wire.Batch payload token
-                                    return! Wire.read stream token
-                                with :? IOException ->
-                                    return raise (crashed ())
-                            }
+                                    Wire.serializeBatch input sent (n - sent) buffer.Value
+                                with e ->
+                                    raise (
+                                        NotSupportedException(
+                                            $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
+                                            e
+                                        )
+                                    )
 
-                        match reply with
-                        | Some(kind, reply) when kind = Wire.Results ->
-                            // The reply: the function's time in the worker (8 bytes), then the results.
-                            let cost =
-                                Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(ReadOnlySpan(reply, 0, 8))
+                            // A dead worker shows as the end of the stream or as a reset connection.
+                            let! reply =
+                                task {
+                                    try
+                                        do! Wire.writeMemory stream Wire.Batch buffer.Value.WrittenMemory token
+                                        return! Wire.read stream token
+                                    with :? IOException ->
+                                        return raise (crashed ())
+                                }
 
-                            let results =
-                                JsonSerializer.Deserialize<'b[]>(ReadOnlySpan(reply, 8, reply.Length - 8), Wire.options)
+                            match reply with
+                            | Some(kind, reply) when kind = Wire.Results ->
+                                // The reply: the function's time in the worker (8 bytes), then the results.
+                                cost <-
+                                    cost
+                                    + Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(ReadOnlySpan(reply, 0, 8))
 
-                            Array.blit results 0 output 0 n
-                            return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
-                        | Some(_, reply) ->
-                            let failure =
-                                JsonSerializer.Deserialize<Wire.RemoteFailure>(ReadOnlySpan reply, Wire.options)
+                                let results =
+                                    try
+                                        JsonSerializer.Deserialize<'b[]>(
+                                            ReadOnlySpan(reply, 8, reply.Length - 8),
+                                            Wire.options
+                                        )
+                                    with e ->
+                                        raise (
+                                            NotSupportedException(
+                                                $"Stage '{env.Name}': a result of type {typeof<'b>} cannot be read back from a worker process: {e.Message}",
+                                                e
+                                            )
+                                        )
 
-                            return raise (remoteFailure env.Name failure)
-                        | None -> return raise (crashed ())
+                                Array.blit results 0 output sent k
+                                sent <- sent + k
+                            | Some(_, reply) -> raise (RemoteFailures.decode env.Name typeof<'b> (ReadOnlySpan reply))
+                            | None -> raise (crashed ())
+
+                        if buffer.Value.Capacity > 2 * Wire.BatchBytes then
+                            buffer.Value <- Buffers.ArrayBufferWriter<byte>()
+
+                        return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
                     }
 
                 do! mapBatches remote env
                 clean <- isNull (box crash.Value)
-            finally
-                Live.processEnded ()
+            with e ->
+                failure <- e
 
+            Live.processEnded ()
+
+            match failure with
+            | null ->
                 // No batch is in flight after a clean finish: the worker can serve another stage.
                 // Otherwise closing the connection ends it; a stopped run does not wait for it.
                 if clean then
                     WorkerPool.release worker
                 else
-                    worker.Close(not token.IsCancellationRequested)
+                    do! worker.CloseAsync(not token.IsCancellationRequested)
+            | e ->
+                // The failure first: the run stops now, not once the worker process has gone
+                // (meanwhile the other workers' results would flow on as successes).
+                match e with
+                | :? ReadersGoneException -> ()
+                | e when env.Ctx.IsStopEcho e -> ()
+                | e -> env.Ctx.Fail(env.Name, e)
+
+                do! worker.CloseAsync(not token.IsCancellationRequested)
+                ExceptionDispatchInfo.Throw e
         }
 
 /// The process executor: each worker is an awaiting loop on the thread pool that hands batches to

@@ -36,24 +36,51 @@ module internal Wire =
 
         static let isFSharp (t: Type) =
             t.IsDefined(typeof<CompilationMappingAttribute>, false)
-            || (t.IsGenericType && t.FullName.StartsWith "System.Tuple`")
+            || (t.IsGenericType
+                && (t.FullName.StartsWith "System.Tuple`"
+                    || t.GetGenericTypeDefinition() = typedefof<Map<int, int>>
+                    || t.GetGenericTypeDefinition() = typedefof<Set<int>>))
 
         override _.CanConvert t = isFSharp t && inner.CanConvert t
         override _.CreateConverter(t, o) = inner.CreateConverter(t, o)
 
-    /// One serializer setup on both sides: System.Text.Json with F# records, unions, options and tuples.
+    /// True for the types FSharp.SystemTextJson converts (F# records, unions, options, lists,
+    /// maps, sets and tuples).
+    let isFSharpConverted: Type -> bool =
+        let c = FSharpTypesOnly()
+        fun t -> c.CanConvert t
+
+    /// One serializer setup on both sides: System.Text.Json with F# records, unions, options and
+    /// tuples, public fields (value tuples, C# structs with fields) and NaN/infinity.
     let options =
         let o = JsonSerializerOptions(JsonSerializerDefaults.General)
+        o.IncludeFields <- true
+        o.NumberHandling <- JsonNumberHandling.AllowNamedFloatingPointLiterals
         o.Converters.Add(FSharpTypesOnly())
+        // Read-only with the default resolver now: the stage builder asks it for contracts.
+        o.MakeReadOnly(populateMissingResolver = true)
         o
 
-    /// What a worker sends back when the function throws.
-    type RemoteFailure =
-        {
-            Type: string
-            Message: string
-            StackTrace: string
-        }
+    /// A batch's JSON stops growing at about this many bytes; the rest of the items go in the
+    /// next frame (an item larger than this goes alone).
+    [<Literal>]
+    let BatchBytes = 4_194_304
+
+    /// Writes `items[start..]` as one JSON array into `buffer` (cleared first), stopping once it
+    /// holds `BatchBytes` or `count` items; answers how many items it wrote (at least one).
+    let serializeBatch (items: 'a[]) (start: int) (count: int) (buffer: Buffers.ArrayBufferWriter<byte>) =
+        buffer.ResetWrittenCount()
+        use w = new Utf8JsonWriter(buffer)
+        w.WriteStartArray()
+        let mutable n = 0
+
+        while n < count && (n = 0 || int w.BytesCommitted + w.BytesPending < BatchBytes) do
+            JsonSerializer.Serialize(w, items[start + n], options)
+            n <- n + 1
+
+        w.WriteEndArray()
+        w.Flush()
+        n
 
     let private header (kind: byte) (length: int) =
         let h = Array.zeroCreate<byte> 5
@@ -62,6 +89,14 @@ module internal Wire =
         h
 
     let write (s: Stream) (kind: byte) (payload: byte[]) (ct: CancellationToken) : Task =
+        task {
+            do! s.WriteAsync(header kind payload.Length, ct)
+            do! s.WriteAsync(payload, ct)
+            do! s.FlushAsync ct
+        }
+
+    /// Like `write`, for a payload in a buffer.
+    let writeMemory (s: Stream) (kind: byte) (payload: ReadOnlyMemory<byte>) (ct: CancellationToken) : Task =
         task {
             do! s.WriteAsync(header kind payload.Length, ct)
             do! s.WriteAsync(payload, ct)

@@ -46,6 +46,45 @@ type internal WorkerProcess(proc: Process, stream: NetworkStream) =
             stream.Dispose()
             WorkerProcess.End(proc, wait)
 
+    /// Like `Close`, without blocking a thread while the process exits.
+    member _.CloseAsync(wait: bool) : Task =
+        if Interlocked.Exchange(&closed, 1) = 0 then
+            onExit <- null
+            stream.Dispose()
+            WorkerProcess.EndAsync(proc, wait)
+        else
+            Task.CompletedTask
+
+    /// Like `End`, awaiting the exit instead of blocking.
+    static member EndAsync(proc: Process, wait: bool) : Task =
+        task {
+            let! exited =
+                task {
+                    if proc.HasExited then
+                        return true
+                    elif not wait then
+                        return false
+                    else
+                        use timeout = new CancellationTokenSource(2000)
+
+                        try
+                            do! proc.WaitForExitAsync timeout.Token
+                            return true
+                        with :? OperationCanceledException ->
+                            return false
+                }
+
+            if not exited then
+                try
+                    proc.Kill true
+                with _ ->
+                    ()
+
+                do! proc.WaitForExitAsync()
+
+            proc.Dispose()
+        }
+
     /// Reaps a worker process (killing it unless it exits within 2 s, with `wait`, or at once).
     static member End(proc: Process, wait: bool) =
         if not (proc.WaitForExit(if wait then 2000 else 0)) then

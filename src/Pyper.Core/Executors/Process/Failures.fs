@@ -1,0 +1,460 @@
+namespace Pyper
+
+open System
+open System.Reflection
+open System.Text.Json
+open Microsoft.FSharp.Reflection
+
+/// A value of a failure (a Data entry, an ActualValue, an F# exception's field) as JSON of its own type.
+type internal RemoteValue = { Type: string; Json: string }
+
+/// A `Data` entry of a failure.
+type internal RemoteEntry = { Key: string; Value: RemoteValue }
+
+/// What a worker sends back when the function throws: enough to rebuild the exception in the parent.
+type internal RemoteFailure =
+    {
+        /// Assembly-qualified.
+        Type: string
+        Message: string
+        StackTrace: string
+        ParamName: string option
+        ObjectName: string option
+        ActualValue: RemoteValue option
+        HResult: int
+        Data: RemoteEntry list
+        /// An F# exception's fields, in order.
+        Fields: RemoteValue list option
+        Inner: RemoteFailure option
+        /// True when the function succeeded but its results could not be serialized.
+        Results: bool
+    }
+
+/// Thrown in a worker when a batch's results cannot be serialized.
+type internal ResultsNotSerializableException(inner: exn) =
+    inherit Exception("The results cannot be serialized.", inner)
+
+/// Exceptions across the process boundary: captured in the worker, rebuilt in the parent.
+module internal RemoteFailures =
+    let private safe (f: unit -> 'T) (fallback: 'T) =
+        try
+            f ()
+        with _ ->
+            fallback
+
+    /// Values that cross as failure details: plain ones, that the parent rebuilds without
+    /// creating any object graph because of the wire.
+    let private isPlain (t: Type) =
+        t.IsPrimitive
+        || t.IsEnum
+        || t = typeof<string>
+        || t = typeof<decimal>
+        || t = typeof<Guid>
+        || t = typeof<DateTime>
+        || t = typeof<DateTimeOffset>
+        || t = typeof<TimeSpan>
+
+    /// `v` as JSON of `t` (its declared type for an F# exception's field, else its own and plain).
+    let private value (t: Type) (v: obj) : RemoteValue option =
+        match v with
+        | null -> None
+        | v ->
+            safe
+                (fun () ->
+                    Some
+                        {
+                            Type = t.AssemblyQualifiedName
+                            Json = JsonSerializer.Serialize(v, t, Wire.options)
+                        })
+                None
+
+    let private plainValue (v: obj) =
+        match v with
+        | null -> None
+        | v when isPlain (v.GetType()) -> value (v.GetType()) v
+        | _ -> None
+
+    /// An F# `exception` declaration (checked by its attribute: F# reflection costs a cold worker a lot).
+    let private isFSharpException (t: Type) =
+        t.GetCustomAttributes(typeof<CompilationMappingAttribute>, false)
+        |> Array.exists (fun a ->
+            (a :?> CompilationMappingAttribute).SourceConstructFlags
+            &&& SourceConstructFlags.KindMask
+                =
+                SourceConstructFlags.Exception)
+
+    let rec private capture (depth: int) (e: exn) : RemoteFailure =
+        let t = e.GetType()
+
+        let fields =
+            safe
+                (fun () ->
+                    if isFSharpException t then
+                        let types = FSharpType.GetExceptionFields(t, true)
+                        let values = FSharpValue.GetExceptionFields(e, true)
+
+                        let json =
+                            Array.map2
+                                (fun (p: PropertyInfo) (v: obj) ->
+                                    Some
+                                        {
+                                            Type = p.PropertyType.AssemblyQualifiedName
+                                            Json = JsonSerializer.Serialize(v, p.PropertyType, Wire.options)
+                                        })
+                                types
+                                values
+
+                        Some(json |> Array.map Option.get |> List.ofArray)
+                    else
+                        None)
+                None
+
+        {
+            Type = t.AssemblyQualifiedName
+            Message = safe (fun () -> e.Message) $"(the exception's Message threw) {t.FullName}"
+            // Without file names and line numbers: reading a cold worker's symbol files would
+            // delay the failure by 50-150 ms, while the other workers' results flow on.
+            StackTrace = safe (fun () -> Diagnostics.StackTrace(e, false).ToString().TrimEnd()) ""
+            ParamName =
+                match e with
+                | :? ArgumentException as a -> safe (fun () -> Option.ofObj a.ParamName) None
+                | _ -> None
+            ObjectName =
+                match e with
+                | :? ObjectDisposedException as o -> safe (fun () -> Option.ofObj o.ObjectName) None
+                | _ -> None
+            ActualValue =
+                match e with
+                | :? ArgumentOutOfRangeException as a -> safe (fun () -> plainValue a.ActualValue) None
+                | _ -> None
+            HResult = e.HResult
+            Data =
+                safe
+                    (fun () ->
+                        [
+                            for k in e.Data.Keys do
+                                match k, plainValue e.Data[k] with
+                                | (:? string as k), Some v -> { Key = k; Value = v }
+                                | _ -> ()
+                        ])
+                    []
+            Fields = fields
+            Inner =
+                match e.InnerException with
+                | null -> None
+                | _ when depth >= 8 -> None
+                | inner -> Some(capture (depth + 1) inner)
+            Results = false
+        }
+
+    // Written and read by hand: a serializer contract for these records would cost a cold
+    // worker (and the parent) the better part of a second at the first failure.
+    let private writeValue (w: Utf8JsonWriter) (name: string) (v: RemoteValue) =
+        w.WriteStartObject name
+        w.WriteString("type", v.Type)
+        w.WriteString("json", v.Json)
+        w.WriteEndObject()
+
+    let rec private write (w: Utf8JsonWriter) (f: RemoteFailure) =
+        w.WriteString("type", f.Type)
+        w.WriteString("message", f.Message)
+        w.WriteString("stackTrace", f.StackTrace)
+        f.ParamName |> Option.iter (fun p -> w.WriteString("paramName", p))
+        f.ObjectName |> Option.iter (fun o -> w.WriteString("objectName", o))
+        f.ActualValue |> Option.iter (writeValue w "actualValue")
+        w.WriteNumber("hResult", f.HResult)
+        w.WriteStartArray "data"
+
+        for d in f.Data do
+            w.WriteStartObject()
+            w.WriteString("key", d.Key)
+            writeValue w "value" d.Value
+            w.WriteEndObject()
+
+        w.WriteEndArray()
+
+        match f.Fields with
+        | Some fields ->
+            w.WriteStartArray "fields"
+
+            for v in fields do
+                w.WriteStartObject()
+                w.WriteString("type", v.Type)
+                w.WriteString("json", v.Json)
+                w.WriteEndObject()
+
+            w.WriteEndArray()
+        | None -> ()
+
+        match f.Inner with
+        | Some inner ->
+            w.WriteStartObject "inner"
+            write w inner
+            w.WriteEndObject()
+        | None -> ()
+
+        w.WriteBoolean("results", f.Results)
+
+    let private toBytes (f: RemoteFailure) =
+        let buffer = Buffers.ArrayBufferWriter<byte>()
+        use w = new Utf8JsonWriter(buffer)
+        w.WriteStartObject()
+        write w f
+        w.WriteEndObject()
+        w.Flush()
+        buffer.WrittenSpan.ToArray()
+
+    let rec private read (e: JsonElement) : RemoteFailure =
+        let prop (name: string) =
+            match e.TryGetProperty name with
+            | true, v when v.ValueKind <> JsonValueKind.Null -> Some v
+            | _ -> None
+
+        let value (v: JsonElement) =
+            {
+                Type = v.GetProperty("type").GetString()
+                Json = v.GetProperty("json").GetString()
+            }
+
+        {
+            Type = e.GetProperty("type").GetString()
+            Message = e.GetProperty("message").GetString()
+            StackTrace =
+                prop "stackTrace"
+                |> Option.map (fun v -> v.GetString())
+                |> Option.defaultValue ""
+            ParamName = prop "paramName" |> Option.map (fun v -> v.GetString())
+            ObjectName = prop "objectName" |> Option.map (fun v -> v.GetString())
+            ActualValue = prop "actualValue" |> Option.map value
+            HResult = e.GetProperty("hResult").GetInt32()
+            Data =
+                [
+                    for d in e.GetProperty("data").EnumerateArray() do
+                        {
+                            Key = d.GetProperty("key").GetString()
+                            Value = value (d.GetProperty "value")
+                        }
+                ]
+            Fields =
+                prop "fields"
+                |> Option.map (fun v -> [ for x in v.EnumerateArray() -> value x ])
+            Inner = prop "inner" |> Option.map read
+            Results = e.GetProperty("results").GetBoolean()
+        }
+
+    /// The failure frame's payload for `e` (never throws: a worker must survive any exception).
+    let encode (e: exn) : byte[] =
+        let e, results =
+            match e with
+            | :? ResultsNotSerializableException as r when not (isNull r.InnerException) -> r.InnerException, true
+            | e -> e, false
+
+        try
+            toBytes { capture 0 e with Results = results }
+        with _ ->
+            toBytes
+                {
+                    Type = safe (fun () -> e.GetType().AssemblyQualifiedName) "System.Exception"
+                    Message = "(the exception could not be serialized)"
+                    StackTrace = ""
+                    ParamName = None
+                    ObjectName = None
+                    ActualValue = None
+                    HResult = 0
+                    Data = []
+                    Fields = None
+                    Inner = None
+                    Results = results
+                }
+
+    /// A type named by a worker, if an assembly of that name is already loaded here (nothing is
+    /// loaded because of the wire).
+    let private loadedType (name: string) : Type option =
+        let loaded (n: AssemblyName) =
+            AppDomain.CurrentDomain.GetAssemblies()
+            |> Array.tryFind (fun a -> AssemblyName.ReferenceMatchesDefinition(n, a.GetName()))
+            |> Option.toObj
+
+        safe (fun () -> Option.ofObj (Type.GetType(name, Func<_, _> loaded, null, false))) None
+
+    /// Plain values only (no object graph is created because of the wire).
+    let private plain (v: RemoteValue) : obj option =
+        match loadedType v.Type with
+        | Some t when isPlain t ->
+            safe (fun () -> Option.ofObj (JsonSerializer.Deserialize(v.Json, t, Wire.options))) None
+        | _ -> None
+
+    let private marker = "\u0001\u0002\u0003"
+
+    /// The rebuilt exception has the properties the worker's had.
+    let private sameDetails (f: RemoteFailure) (e: exn) =
+        match e with
+        | :? ArgumentOutOfRangeException as a when
+            a.ParamName <> Option.toObj f.ParamName
+            || a.ActualValue <> (f.ActualValue |> Option.bind plain |> Option.toObj)
+            ->
+            false
+        | :? ArgumentException as a -> a.ParamName = Option.toObj f.ParamName
+        | :? ObjectDisposedException as o -> o.ObjectName = Option.toObj f.ObjectName
+        | _ -> true
+
+    /// The exception made by `make` with the message that gives `f.Message` back (a constructor may
+    /// decorate its message argument, as ArgumentException adds the parameter name), if any.
+    let private attempt (f: RemoteFailure) (hasMessage: bool) (make: string -> exn) : exn option =
+        let core =
+            if not hasMessage then
+                Some null
+            else
+                match safe (fun () -> Some (make marker).Message) None with
+                | None -> None
+                | Some probe ->
+                    match probe.IndexOf marker with
+                    | -1 -> Some f.Message
+                    | i ->
+                        let prefix, suffix = probe.Substring(0, i), probe.Substring(i + marker.Length)
+
+                        if
+                            f.Message.Length >= prefix.Length + suffix.Length
+                            && f.Message.StartsWith(prefix, StringComparison.Ordinal)
+                            && f.Message.EndsWith(suffix, StringComparison.Ordinal)
+                        then
+                            Some(f.Message.Substring(prefix.Length, f.Message.Length - prefix.Length - suffix.Length))
+                        else
+                            Some f.Message
+
+        core
+        |> Option.bind (fun m -> safe (fun () -> Some(make m)) None)
+        |> Option.filter (fun e -> safe (fun () -> e.Message = f.Message && sameDetails f e) false)
+
+    let rec private rebuild (f: RemoteFailure) : exn option =
+        match loadedType f.Type with
+        | Some t when
+            typeof<exn>.IsAssignableFrom t
+            && not t.IsAbstract
+            && not t.ContainsGenericParameters
+            ->
+            let inner = f.Inner |> Option.map rebuildOrRemote |> Option.toObj
+            let fsharp = fsharpException t f
+
+            let e =
+                match fsharp with
+                | Some _ -> fsharp
+                | None ->
+                    t.GetConstructors()
+                    |> Array.choose (fun c -> byConstructor f inner c)
+                    |> Array.sortByDescending fst
+                    |> Array.tryPick (fun (_, (hasMessage, make)) -> attempt f hasMessage make)
+
+            e
+            |> Option.map (fun e ->
+                safe (fun () -> typeof<exn>.GetProperty("HResult").SetValue(e, f.HResult)) ()
+
+                for entry in f.Data do
+                    match plain entry.Value with
+                    | Some v -> safe (fun () -> e.Data[entry.Key] <- v) ()
+                    | None -> ()
+
+                safe (fun () -> e.Data[ErrorKeys.RemoteStackTrace] <- f.StackTrace) ()
+                e)
+        | _ -> None
+
+    /// An F# exception, from its fields.
+    and private fsharpException (t: Type) (f: RemoteFailure) : exn option =
+        match f.Fields with
+        | Some values when safe (fun () -> FSharpType.IsExceptionRepresentation(t, true)) false ->
+            let types =
+                FSharpType.GetExceptionFields(t, true) |> Array.map (fun p -> p.PropertyType)
+
+            let ctor = t.GetConstructor types
+
+            if isNull ctor || types.Length <> values.Length then
+                None
+            else
+                safe
+                    (fun () ->
+                        let args =
+                            Array.map2
+                                (fun (ty: Type) (v: RemoteValue) ->
+                                    JsonSerializer.Deserialize(v.Json, ty, Wire.options))
+                                types
+                                (Array.ofList values)
+
+                        Some(ctor.Invoke args :?> exn))
+                    None
+            |> Option.filter (fun e -> safe (fun () -> e.Message = f.Message) false)
+        | _ -> None
+
+    /// A constructor whose every parameter is known (message, paramName, objectName, actualValue,
+    /// inner exception): its parameter count (richest first), whether it takes the message, and how to call it.
+    and private byConstructor f (inner: exn) (c: ConstructorInfo) =
+        let ps = c.GetParameters()
+
+        // Each argument: whether it is the message, and its value given the message.
+        let arg (p: ParameterInfo) : (bool * (string -> obj)) option =
+            let name = p.Name.ToLowerInvariant()
+
+            if p.ParameterType = typeof<string> then
+                match name with
+                | "message"
+                | "msg" -> Some(true, box)
+                | "paramname" -> Some(false, (fun _ -> box (Option.toObj f.ParamName)))
+                | "objectname" -> Some(false, (fun _ -> box (Option.toObj f.ObjectName)))
+                | _ when ps.Length = 1 -> Some(true, box)
+                | _ -> None
+            elif p.ParameterType = typeof<obj> && name = "actualvalue" then
+                let v = f.ActualValue |> Option.bind plain |> Option.toObj
+                Some(false, (fun _ -> v))
+            elif p.ParameterType = typeof<exn> then
+                Some(false, (fun _ -> box inner))
+            else
+                None
+
+        let args = ps |> Array.map arg
+
+        if args |> Array.forall Option.isSome then
+            let args = args |> Array.map Option.get
+            let takesMessage = args |> Array.exists fst
+
+            let make (m: string) =
+                c.Invoke(args |> Array.map (fun (_, a) -> a m)) :?> exn
+
+            Some(ps.Length, (takesMessage, make))
+        else
+            None
+
+    /// The rebuilt exception, or a RemoteStageException carrying the type, message (with the inner
+    /// messages) and stack trace.
+    and private rebuildOrRemote (f: RemoteFailure) : exn =
+        match rebuild f with
+        | Some e -> e
+        | None ->
+            let rec chain (f: RemoteFailure option) =
+                match f with
+                | None -> ""
+                | Some f -> $" ---> {f.Type.Split(',')[0]}: {f.Message}{chain f.Inner}"
+
+            RemoteStageException(
+                $"{f.Type.Split(',')[0]}: {f.Message}{chain f.Inner}",
+                f.Type,
+                f.StackTrace,
+                Nullable()
+            )
+
+    /// The exception a worker's failure payload stands for, in stage `stage` whose results are `results`.
+    let decode (stage: string) (results: Type) (payload: ReadOnlySpan<byte>) : exn =
+        let mutable reader = Utf8JsonReader payload
+        use doc = JsonDocument.ParseValue &reader
+        let f = read doc.RootElement
+
+        if f.Results then
+            NotSupportedException(
+                $"Stage '{stage}': a result of type {results} cannot be sent back from a worker process: {f.Type.Split(',')[0]}: {f.Message}"
+            )
+        else
+            match rebuild f with
+            | Some e -> e
+            | None ->
+                match rebuildOrRemote f with
+                | :? RemoteStageException as r ->
+                    RemoteStageException($"Stage '{stage}': {r.Message}", f.Type, f.StackTrace, Nullable())
+                | e -> e
