@@ -24,19 +24,19 @@ module Pipeline =
         notNull "pipeline" pipeline
         RunSource(pipeline, source) :> IAsyncEnumerable<'b>
 
-    let stream (input: 'a) (pipeline: Pipeline<'a, 'b>) = run pipeline (Wiring.single input)
+    let stream (input: 'a) (pipeline: Pipeline<'a, 'b>) = run pipeline (Interpreter.single input)
 
     let streamFrom (source: IAsyncEnumerable<'a>) (pipeline: Pipeline<'a, 'b>) =
         if isNull source then
             nullArg "source"
 
-        run pipeline (Wiring.ofAsyncSeq source)
+        run pipeline (Interpreter.ofAsyncSeq source)
 
     let streamFromSeq (source: seq<'a>) (pipeline: Pipeline<'a, 'b>) =
         if isNull source then
             nullArg "source"
 
-        run pipeline (Wiring.ofSeq source)
+        run pipeline (Interpreter.ofSeq source)
 
     let toSeq (input: 'a) (pipeline: Pipeline<'a, 'b>) =
         BlockingRun(stream input pipeline, CancellationToken.None) :> seq<'b>

@@ -75,12 +75,12 @@ module internal Build =
     /// A stage whose workers are dedicated threads running `loop`.
     let thread kind joins f workers capacity ordered name loop =
         notNull kind name (box f)
-        Wiring.stage (info kind Executor.Thread joins workers capacity ordered name) (ThreadExecutor loop)
+        Interpreter.stage (info kind Executor.Thread joins workers capacity ordered name) (ThreadExecutor loop)
 
     /// A stage whose workers are async loops (`loop`) on the thread pool.
     let pool kind joins f workers capacity ordered name loop =
         notNull kind name (box f)
-        Wiring.stage (info kind Executor.Async joins workers capacity ordered name) (AsyncExecutor loop)
+        Interpreter.stage (info kind Executor.Async joins workers capacity ordered name) (AsyncExecutor loop)
 
     let private isAsync (t: Type) =
         typeof<Task>.IsAssignableFrom t
@@ -118,7 +118,7 @@ module internal Build =
         WireTypes.check stage "result" typeof<'b>
 
         match locate () with
-        | Ok fref -> Wiring.stage info (executor fref)
+        | Ok fref -> Interpreter.stage info (executor fref)
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
 
     /// How a worker re-creates a delegate, refusing a method whose own types are not the stage's
@@ -286,4 +286,4 @@ type Stage =
         let info =
             Build.info StageKind.Batch Executor.Async true workers capacity ordered name
 
-        Wiring.stage info (AsyncExecutor(Loops.batch size timeout))
+        Interpreter.stage info (AsyncExecutor(Loops.batch size timeout))

@@ -74,9 +74,9 @@ namespace Pyper.FSharp
 open Pyper
 
 [<Sealed>]
-type Pipeline<'a, 'b> internal (stages: StageInfo list, wire: RunContext -> BatchQueue<'a> -> BatchQueue<'b>) =
+type Pipeline<'a, 'b> internal (stages: StageInfo list, connect: RunContext -> BatchQueue<'a> -> BatchQueue<'b>) =
     member _.Stages = stages
-    member internal _.Wire = wire
+    member internal _.Connect = connect
 
     static member (>=>)(left: Pipeline<'a, 'b>, right: Pipeline<'b, 'c>) : Pipeline<'a, 'c> =
         if isNull (box left) then
@@ -85,8 +85,8 @@ type Pipeline<'a, 'b> internal (stages: StageInfo list, wire: RunContext -> Batc
         if isNull (box right) then
             nullArg "right"
 
-        let lw = left.Wire
-        let rw = right.Wire
+        let lw = left.Connect
+        let rw = right.Connect
         Pipeline<'a, 'c>(left.Stages @ right.Stages, (fun ctx src -> rw ctx (lw ctx src)))
 
     override _.ToString() =

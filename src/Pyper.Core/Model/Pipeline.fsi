@@ -76,10 +76,10 @@ open Pyper
 /// Each run is independent: running a pipeline twice starts two separate sets of workers.
 [<Sealed>]
 type Pipeline<'a, 'b> =
-    internal new: stages: StageInfo list * wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>) -> Pipeline<'a, 'b>
+    internal new: stages: StageInfo list * connect: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>) -> Pipeline<'a, 'b>
     /// The stages, first to last.
     member Stages: StageInfo list
-    member internal Wire: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>)
+    member internal Connect: (RunContext -> BatchQueue<'a> -> BatchQueue<'b>)
     /// Kleisli composition over streams: every output of the left pipeline is an input of the right one.
     static member (>=>): left: Pipeline<'a, 'b> * right: Pipeline<'b, 'c> -> Pipeline<'a, 'c>
     /// What the pipeline is and its stages in order, each with its name, kind, workers and executor,

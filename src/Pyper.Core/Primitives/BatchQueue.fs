@@ -1,12 +1,8 @@
 namespace Pyper
 
 open System
-open System.Buffers
-open System.Collections.Generic
 open System.Runtime.CompilerServices
 open System.Threading
-open System.Threading.Tasks
-open System.Threading.Tasks
 
 /// A bounded multi-producer, multi-consumer queue that moves items in batches.
 ///

@@ -1,7 +1,6 @@
 namespace Pyper
 
 open System
-open System.Collections.Generic
 open System.Threading
 
 /// The threads that run blocking workers, kept apart from the .NET thread pool so that blocking

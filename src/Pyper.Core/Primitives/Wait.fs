@@ -1,9 +1,6 @@
 namespace Pyper
 
 open System
-open System.Buffers
-open System.Collections.Generic
-open System.Runtime.CompilerServices
 open System.Threading
 open System.Threading.Tasks
 open System.Threading.Tasks

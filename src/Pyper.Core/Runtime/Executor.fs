@@ -1,17 +1,10 @@
 namespace Pyper
 
 open System
-open Pyper.FSharp
 open System.Collections.Generic
 open System.Diagnostics
-open System.IO
-open System.Net.Sockets
-open System.Text.Json
-open System.Runtime.CompilerServices
-open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
-open System.Threading.Tasks.Sources
 
 /// What one worker of a stage works with. The stage's workers share the run, the queues and the
 /// turnstile; each worker has its own sizer (only that worker reads and updates it).

@@ -1,17 +1,10 @@
 namespace Pyper
 
 open System
-open Pyper.FSharp
 open System.Collections.Generic
 open System.Diagnostics
-open System.IO
-open System.Net.Sockets
-open System.Text.Json
-open System.Runtime.CompilerServices
-open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
-open System.Threading.Tasks.Sources
 
 /// The stage loops: how a worker of each stage kind takes batches, calls the function and hands results on (blocking loops for dedicated threads, awaiting ones for async workers).
 module internal Loops =

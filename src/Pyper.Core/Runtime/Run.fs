@@ -3,11 +3,6 @@ namespace Pyper
 open System
 open Pyper.FSharp
 open System.Collections.Generic
-open System.Diagnostics
-open System.IO
-open System.Net.Sockets
-open System.Text.Json
-open System.Runtime.CompilerServices
 open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
@@ -46,7 +41,7 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
 
     let start () =
         let src = source ctx
-        final <- pipeline.Wire ctx src
+        final <- pipeline.Connect ctx src
         final.AddReaders 1
         ctx.Register final
         ctx.Start()

@@ -1,17 +1,8 @@
 namespace Pyper
 
 open System
-open Pyper.FSharp
-open System.Collections.Generic
 open System.Diagnostics
-open System.IO
-open System.Net.Sockets
-open System.Text.Json
-open System.Runtime.CompilerServices
-open System.Runtime.ExceptionServices
 open System.Threading
-open System.Threading.Tasks
-open System.Threading.Tasks.Sources
 
 /// Adapts a stage's batch size to its function's cost: cheap functions move up to
 /// `MaxBatch` items at once, slow ones one at a time (so many workers share the work

@@ -1,16 +1,8 @@
 namespace Pyper
 
 open System
-open System.Diagnostics
-open System.IO
-open System.Net.Sockets
 open System.Reflection
-open System.Runtime.InteropServices
-open System.Runtime.Loader
-open System.Text.Json
-open System.Text.Json.Serialization
 open System.Threading
-open System.Threading.Tasks
 
 /// Where a process stage's function lives, so that a worker process can re-create it:
 /// a method of a type in a compiled assembly, called on a fresh instance of the type

@@ -8,9 +8,7 @@ open System.Reflection
 open System.Runtime.InteropServices
 open System.Runtime.Loader
 open System.Text.Json
-open System.Text.Json.Serialization
 open System.Threading
-open System.Threading.Tasks
 
 /// Runs one batch of items through the function in a worker process.
 type internal IBatchRunner =

@@ -1,17 +1,12 @@
 namespace Pyper
 
 open System
-open Pyper.FSharp
-open System.Collections.Generic
 open System.Diagnostics
 open System.IO
-open System.Net.Sockets
 open System.Text.Json
-open System.Runtime.CompilerServices
 open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
-open System.Threading.Tasks.Sources
 
 /// The process executor's stage worker: one worker process per stage worker.
 module internal ProcessWorkers =

@@ -1,12 +1,7 @@
 namespace Pyper
 
 open System
-open System.Diagnostics
 open System.IO
-open System.Net.Sockets
-open System.Reflection
-open System.Runtime.InteropServices
-open System.Runtime.Loader
 open System.Text.Json
 open System.Text.Json.Serialization
 open System.Threading

@@ -1,7 +1,6 @@
 namespace Pyper
 
 open System
-open System.Collections.Generic
 open System.Diagnostics
 open System.IO
 open System.Net.Sockets

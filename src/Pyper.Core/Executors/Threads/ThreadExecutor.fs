@@ -1,6 +1,5 @@
 namespace Pyper
 
-open System.Threading.Tasks
 
 /// The thread executor: each worker is a dedicated thread (parked between runs, see
 /// `DedicatedThreads`) running a blocking stage loop, so blocking functions never starve the

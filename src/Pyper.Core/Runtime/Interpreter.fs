@@ -3,21 +3,14 @@ namespace Pyper
 open System
 open Pyper.FSharp
 open System.Collections.Generic
-open System.Diagnostics
-open System.IO
-open System.Net.Sockets
-open System.Text.Json
-open System.Runtime.CompilerServices
-open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
-open System.Threading.Tasks.Sources
 
-/// Turns stage descriptors into running workers.
-module internal Wiring =
+/// The interpreter: turns a stage description and its executor into queues and running workers when a run connects its stages, and makes the run's source queue.
+module internal Interpreter =
     /// A one-stage pipeline whose workers `executor` runs under `info`'s options.
     let stage (info: StageInfo) (executor: StageExecutor<'a, 'b>) : Pipeline<'a, 'b> =
-        let wire (ctx: RunContext) (input: BatchQueue<'a>) =
+        let connect (ctx: RunContext) (input: BatchQueue<'a>) =
             let name = StageInfo.runName (ctx.NextStageIndex()) info
             input.AddReaders info.Workers
             let output = BatchQueue<'b>(info.Capacity)
@@ -67,7 +60,7 @@ module internal Wiring =
 
             output
 
-        Pipeline<'a, 'b>([ info ], wire)
+        Pipeline<'a, 'b>([ info ], connect)
 
     let private sourceEnded (ctx: RunContext) (e: exn) =
         match e with
