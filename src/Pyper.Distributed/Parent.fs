@@ -392,7 +392,7 @@ module internal ParentSide =
                     else
                         return
                             raise (
-                                RemoteFailures.decode env.Name typeof<'b> (ReadOnlySpan(reply, 10, reply.Length - 10))
+                                RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan(reply, 10, reply.Length - 10))
                             )
                 }
 

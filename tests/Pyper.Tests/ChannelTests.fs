@@ -250,11 +250,11 @@ let tests =
                     )
 
                 let e =
-                    RemoteFailures.decode "s" typeof<int> (ReadOnlySpan(failure typeof<InvalidOperationException>))
+                    RemoteExceptions.decode "s" typeof<int> (ReadOnlySpan(failure typeof<InvalidOperationException>))
 
                 Expect.equal (e.GetType()) typeof<InvalidOperationException> "an exception type is rebuilt"
                 // Uri has a (string) constructor too, but it is no exception: it is never built.
-                let e = RemoteFailures.decode "s" typeof<int> (ReadOnlySpan(failure typeof<Uri>))
+                let e = RemoteExceptions.decode "s" typeof<int> (ReadOnlySpan(failure typeof<Uri>))
                 Expect.isTrue (e :? RemoteStageException) "a non-exception type comes as RemoteStageException"
                 Expect.equal (e :?> RemoteStageException).RemoteType typeof<Uri>.AssemblyQualifiedName "named")
         ]

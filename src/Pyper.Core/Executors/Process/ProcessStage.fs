@@ -130,7 +130,7 @@ module internal ProcessWorkers =
 
                                 Array.blit results 0 output sent k
                                 sent <- sent + k
-                            | Some(_, reply) -> raise (RemoteFailures.decode env.Name typeof<'b> (ReadOnlySpan reply))
+                            | Some(_, reply) -> raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan reply))
                             | None -> raise (crashed ())
 
                         if buffer.Value.Capacity > 2 * Wire.BatchBytes then
