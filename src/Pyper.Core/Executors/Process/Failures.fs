@@ -3,6 +3,7 @@ namespace Pyper
 open System
 open System.Reflection
 open System.Text.Json
+open System.Threading
 open Microsoft.FSharp.Reflection
 
 /// A value of a failure (a Data entry, an ActualValue, an F# exception's field) as JSON of its own type.
@@ -267,3 +268,21 @@ module internal RemoteFailures =
                     Inner = None
                     Results = results
                 }
+
+    /// Compiles the capture and encoding path once per process, on a pool thread, so that a
+    /// worker's first failure reaches its parent as fast as a batch's results do (cold, encoding
+    /// one exception costs tens of milliseconds of JIT, while other workers' results flow).
+    let warmUp =
+        let once =
+            lazy
+                (ThreadPool.UnsafeQueueUserWorkItem(
+                    (fun _ ->
+                        try
+                            raise (InvalidOperationException "warm-up")
+                        with e ->
+                            encode e |> ignore),
+                    null
+                 )
+                 |> ignore)
+
+        fun () -> once.Force()

@@ -78,6 +78,7 @@ module internal ProcessWorkers =
 
             try
                 WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
+                RemoteExceptions.warmUp ()
 
                 // A batch goes in frames of at most about Wire.BatchBytes of JSON (a bigger item alone).
                 let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =

@@ -3,6 +3,7 @@ namespace Pyper
 open System
 open System.Reflection
 open System.Text.Json
+open System.Threading
 open Microsoft.FSharp.Reflection
 
 /// Exceptions across the process boundary, in the parent: a worker's failure frame rebuilt as the
@@ -202,3 +203,23 @@ module internal RemoteExceptions =
                 | :? RemoteStageException as r ->
                     RemoteStageException($"Stage '{stage}': {r.Message}", f.Type, f.StackTrace, Nullable())
                 | e -> e
+
+    /// The parent's side of `RemoteFailures.warmUp`: rebuilds one exception once per process, on a
+    /// pool thread, so that the first failure of a run stops it as fast as on threads.
+    let warmUp =
+        let once =
+            lazy
+                (ThreadPool.UnsafeQueueUserWorkItem(
+                    (fun _ ->
+                        let frame =
+                            try
+                                raise (InvalidOperationException "warm-up")
+                            with e ->
+                                RemoteFailures.encode e
+
+                        decode "warm-up" typeof<int> (ReadOnlySpan frame) |> ignore),
+                    null
+                 )
+                 |> ignore)
+
+        fun () -> once.Force()
