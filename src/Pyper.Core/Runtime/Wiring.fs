@@ -22,6 +22,8 @@ module internal Wiring =
             input.AddReaders info.Workers
             let output = BatchQueue<'b>(info.Capacity)
             ctx.Register output
+            let probe = StageProbe(name, info.Workers, (fun () -> output.Count))
+            ctx.Telemetry.Add probe
 
             let turnstile =
                 if info.Ordered && info.Workers > 1 then
@@ -39,6 +41,13 @@ module internal Wiring =
                     input.CloseReaders()
 
             let ended (e: exn) =
+                probe.WorkerEnded(
+                    if isNull e || e :? ReadersGoneException || ctx.IsStopEcho e then
+                        null
+                    else
+                        e
+                )
+
                 match e with
                 | null
                 | :? ReadersGoneException -> finished ()
@@ -51,6 +60,8 @@ module internal Wiring =
                 | e -> ctx.Fail(name, e)
 
             ctx.OnStart(fun () ->
+                let previous = probe.Enter()
+
                 for w in 1 .. info.Workers do
                     let env =
                         {
@@ -61,9 +72,12 @@ module internal Wiring =
                             Output = output
                             Turnstile = turnstile
                             Sizer = Sizer executor.Quantum
+                            Probe = probe
                         }
 
-                    executor.Start(env, ended))
+                    executor.Start(env, ended)
+
+                Activity.Current <- previous)
 
             output
 
