@@ -145,10 +145,10 @@ let build () =
     restore ()
     quiet "dotnet" [ "build"; "Pyper.sln"; "-c"; "Release"; "--nologo"; "-v"; "minimal" ]
 
-/// Packs the two packages (Pyper, Pyper.CSharp: the IsPackable projects) from the Release build
+/// Packs the packages (Pyper, Pyper.CSharp, Pyper.Progress: the IsPackable projects) from the Release build
 /// into `output`, with extra MSBuild arguments.
 let packTo (output: string) (extra: string list) =
-    for project in [ "src/Pyper.Core"; "src/Pyper.CSharp" ] do
+    for project in [ "src/Pyper.Core"; "src/Pyper.CSharp"; "src/Pyper.Progress" ] do
         quiet "dotnet" ([ "pack"; project; "-c"; "Release"; "--nologo"; "-o"; output ] @ extra)
 
 /// The `pack` target: a deterministic build with normalised paths (for SourceLink), packed with

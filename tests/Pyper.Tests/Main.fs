@@ -24,6 +24,7 @@ let private all =
             ChannelTests.tests
             HardeningTests.tests
             ObservabilityTests.tests
+            ProgressTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All
@@ -61,4 +62,5 @@ let private runTests (argv: string[]) =
 let main argv =
     match argv with
     | [| "--soak"; cases |] -> Campaign.soak (int cases)
+    | [| "--progress-demo" |] -> ProgressTests.demo ()
     | _ -> runTests argv
