@@ -124,7 +124,7 @@ type internal StageProbe(stage: string, workers: int, queueLength: unit -> int) 
                 Instruments.source.StartActivity("pyper.batch", ActivityKind.Internal, activity.Context)
 
             if not (isNull a) then
-                a.DisplayName <- stage
+                a.DisplayName <- stage + " batch"
                 a.SetTag("pyper.batch.size", n) |> ignore
                 batches[worker - 1] <- a
 
