@@ -36,8 +36,11 @@ Watch a running program with `dotnet-counters` (a local tool of this repository:
 `dotnet tool restore`):
 
 ```sh
-dotnet dotnet-counters monitor --counters Pyper -n <process name>     # or -p <pid>
+dotnet dotnet-counters ps                                           # find the process
+dotnet dotnet-counters monitor --counters Pyper -p <pid>            # or -n <process name>
 ```
+
+For an F# script, monitor the process of `fsi.dll`, not the `dotnet fsi` launcher.
 
 In a program, a `MeterListener` (or OpenTelemetry's `AddMeter("Pyper")`) sees the same numbers:
 *)
