@@ -12,6 +12,8 @@
 //   bench   build, run the benchmarks (BenchmarkDotNet); extra arguments go to BenchmarkDotNet
 //   profile build, trace scenario 1 in a loop with dotnet-trace and print the top frames
 //           (profile [F# | C# | Dataflow | Channels] [workers]; default F# 1)
+//   docs    build, generate the site (API reference and guide, docs/) into artifacts/docs with
+//           fsdocs; the guide's F# snippets are evaluated, so a broken one fails (part of test)
 //   format  format the F# sources with Fantomas
 //   soak    build, run the long randomized fault campaign
 //
@@ -147,10 +149,10 @@ let build () =
     restore ()
     quiet "dotnet" [ "build"; "Pyper.sln"; "-c"; "Release"; "--nologo"; "-v"; "minimal" ]
 
-/// Packs the two packages (Pyper, Pyper.CSharp: the IsPackable projects) from the Release build
+/// Packs the packages (Pyper, Pyper.CSharp, Pyper.Progress: the IsPackable projects) from the Release build
 /// into `output`, with extra MSBuild arguments.
 let packTo (output: string) (extra: string list) =
-    for project in [ "src/Pyper.Core"; "src/Pyper.CSharp" ] do
+    for project in [ "src/Pyper.Core"; "src/Pyper.CSharp"; "src/Pyper.Progress" ] do
         quiet "dotnet" ([ "pack"; project; "-c"; "Release"; "--nologo"; "-o"; output ] @ extra)
 
 /// The `pack` target: a deterministic build with normalised paths (for SourceLink), packed with
@@ -204,6 +206,47 @@ let benchSmoke () =
     printfn "benchmarks (smoke run): %s" (if code = 0 then "passed" else $"FAILED (exit code {code})")
     counts (code = 0)
 
+/// The site with fsdocs: API reference from the XML docs and the guide in docs/, whose F# snippets
+/// are evaluated (--eval) and whose errors fail the build (--strict). Answers whether it built;
+/// its output shows only when it failed, or with --verbose.
+let docsTo (output: string) =
+    let arguments =
+        [
+            "fsdocs"
+            "build"
+            "--projects"
+            "src/Pyper.Core/Pyper.Core.fsproj"
+            "src/Pyper.CSharp/Pyper.CSharp.csproj"
+            "src/Pyper.Progress/Pyper.Progress.fsproj"
+            "--properties"
+            "Configuration=Release"
+            "--eval"
+            "--strict"
+            "--clean"
+            "--output"
+            output
+        ]
+
+    let code, out = captureIn root "dotnet" arguments []
+
+    if verbose || code <> 0 then
+        eprintf "%s" out
+
+    code = 0
+
+let docsCheck () =
+    let ok = docsTo (Path.Combine(root, "artifacts", "docs"))
+    printfn "docs (fsdocs, snippets evaluated): %s" (if ok then "passed" else "FAILED")
+    counts ok
+
+let docs () =
+    build ()
+
+    if docsCheck () <> (1, 0) then
+        exit 1
+
+    printfn "docs: artifacts/docs/index.html"
+
 let test () =
     build ()
 
@@ -211,6 +254,7 @@ let test () =
         [
             testSuite "tests/Pyper.Tests" [ "--colours"; "0" ]
             benchSmoke ()
+            docsCheck ()
             script "samples/readme.fsx" "Total: 190"
             script "tests/fsi/refuses-fsi-functions.fsx" "refused:"
         ]
@@ -435,6 +479,7 @@ match args with
 | [ "install" ] -> installTest ()
 | [ "demo" ] -> demo ()
 | [ "demo-distributed" ] -> demoDistributed ()
+| [ "docs" ] -> docs ()
 | "bench" :: extra -> bench extra
 | [ "profile" ] -> profile "F#" "1"
 | [ "profile"; who ] -> profile who "1"
@@ -444,6 +489,6 @@ match args with
 | [ "soak"; cases ] -> soak cases
 | _ ->
     eprintfn
-        "usage: dotnet fsi build.fsx (build | pack | test | install | demo | demo-distributed | bench | profile [system] [workers] | format | soak [cases]) [--verbose]"
+        "usage: dotnet fsi build.fsx (build | pack | test | install | demo | demo-distributed | docs | bench | profile [system] [workers] | format | soak [cases]) [--verbose]"
 
     exit 2

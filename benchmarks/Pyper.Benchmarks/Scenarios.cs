@@ -49,6 +49,27 @@ public class Overhead
     [Benchmark(OperationsPerInvoke = Items)]
     public long PyperFSharp() => Peers.RunFSharp(fsharp, source);
 
+    private Listeners? listeners;
+
+    /// <summary>The same F# run with a MeterListener taking every Pyper measurement and an
+    /// ActivityListener recording every Pyper activity (run, stages, batches).</summary>
+    [Benchmark(OperationsPerInvoke = Items)]
+    public long PyperFSharpObserved() => Peers.RunFSharp(fsharp, source);
+
+    [GlobalSetup(Target = nameof(PyperFSharpObserved))]
+    public void SetupObserved()
+    {
+        Setup();
+        listeners = new Listeners();
+    }
+
+    [GlobalCleanup(Target = nameof(PyperFSharpObserved))]
+    public void CleanupObserved()
+    {
+        listeners?.Dispose();
+        Cleanup();
+    }
+
     [Benchmark(OperationsPerInvoke = Items)]
     public Task<long> PyperCSharp() => Peers.RunCSharp(csharp, source);
 
@@ -265,5 +286,38 @@ public class ProcessThroughput
         double sum = 0;
         await foreach (var r in pipeline.RunEach(source)) sum += r.Value;
         return sum;
+    }
+}
+
+/// <summary>A MeterListener that sums every Pyper measurement and an ActivityListener that records
+/// every Pyper activity: what an observed run pays (the <c>Observed</c> rows).</summary>
+public sealed class Listeners : IDisposable
+{
+    private readonly System.Diagnostics.Metrics.MeterListener meters = new();
+    private readonly System.Diagnostics.ActivityListener activities = new()
+    {
+        ShouldListenTo = s => s.Name == Pyper.Telemetry.ActivitySourceName,
+        Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) =>
+            System.Diagnostics.ActivitySamplingResult.AllDataAndRecorded,
+    };
+    private long sum;
+
+    public Listeners()
+    {
+        meters.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == Pyper.Telemetry.MeterName) l.EnableMeasurementEvents(instrument);
+        };
+        meters.SetMeasurementEventCallback<long>((_, v, _, _) => Interlocked.Add(ref sum, v));
+        meters.SetMeasurementEventCallback<int>((_, v, _, _) => Interlocked.Add(ref sum, v));
+        meters.SetMeasurementEventCallback<double>((_, v, _, _) => Interlocked.Increment(ref sum));
+        meters.Start();
+        System.Diagnostics.ActivitySource.AddActivityListener(activities);
+    }
+
+    public void Dispose()
+    {
+        meters.Dispose();
+        activities.Dispose();
     }
 }

@@ -25,6 +25,8 @@ let private all =
             HardeningTests.tests
             ProcessHardeningTests.tests
             DistributedTests.tests
+            ObservabilityTests.tests
+            ProgressTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All
@@ -63,4 +65,5 @@ let private runTests (argv: string[]) =
 let main argv =
     match argv with
     | [| "--soak"; cases |] -> Campaign.soak (int cases)
+    | [| "--progress-demo" |] -> ProgressTests.demo ()
     | _ -> runTests argv

@@ -1,5 +1,5 @@
-/// The install test, run by `dotnet fsi build.fsx test` (loaded by build.fsx): packs Pyper and
-/// Pyper.CSharp into a temporary folder feed and uses them as a user would, in a temporary folder
+/// The install test, run by `dotnet fsi build.fsx test` (loaded by build.fsx): packs Pyper,
+/// Pyper.CSharp and Pyper.Progress into a temporary folder feed and uses them as a user would, in a temporary folder
 /// outside the repository: a C# and an F# console app (`dotnet new console`, `dotnet add
 /// package`) run the README example with its worker-process stage (`dotnet run`, and a
 /// framework-dependent `dotnet publish` for C#), and an F# script takes Pyper with
@@ -55,7 +55,7 @@ let run (root: string) (verbose: bool) (captureIn: Capture) : (int * int) list =
     let setUp () =
         let stamp = DateTime.UtcNow.ToString "yyyyMMddHHmmss"
 
-        for project in [ "src/Pyper.Core"; "src/Pyper.CSharp" ] do
+        for project in [ "src/Pyper.Core"; "src/Pyper.CSharp"; "src/Pyper.Progress" ] do
             step
                 root
                 [
@@ -73,7 +73,7 @@ let run (root: string) (verbose: bool) (captureIn: Capture) : (int * int) list =
         let version =
             Directory.GetFiles(feed, "Pyper.*.nupkg")
             |> Array.map Path.GetFileName
-            |> Array.find (fun f -> not (f.StartsWith "Pyper.CSharp."))
+            |> Array.find (fun f -> not (f.StartsWith "Pyper.CSharp." || f.StartsWith "Pyper.Progress."))
             |> fun f -> f.Substring("Pyper.".Length, f.Length - "Pyper.".Length - ".nupkg".Length)
 
         let create (lang: string) (name: string) (package: string) =
@@ -99,6 +99,10 @@ let run (root: string) (verbose: bool) (captureIn: Capture) : (int * int) list =
         create "C#" "InstallCs" "Pyper.CSharp"
         File.Copy(Path.Combine(root, "samples", "Readme.CSharp", "Program.cs"), Path.Combine(cs, "Program.cs"), true)
         create "F#" "InstallFs" "Pyper"
+        // The compiled sample turns the progress display on (quiet here: the output is captured).
+        step work [ "add"; "InstallFs"; "package"; "Pyper.Progress"; "--version"; version; "--no-restore" ]
+        |> ignore
+
         // The README example's F# sources, as the compiled sample has them.
         File.Copy(Path.Combine(root, "samples", "Readme.Steps", "Steps.fs"), Path.Combine(fs, "Steps.fs"))
         File.Copy(Path.Combine(root, "samples", "Readme.FSharp", "Example.fs"), Path.Combine(fs, "Example.fs"))

@@ -60,6 +60,9 @@ type internal BatchQueue<'T>(capacity: int) =
                 else
                     bound + n
 
+    /// Items waiting to be taken (a snapshot, for the queue-length gauge).
+    member _.Count = Volatile.Read &count
+
     /// Room left for writers (a snapshot; only the single writer of a source queue relies on it).
     member _.Free = bound - occupied
 

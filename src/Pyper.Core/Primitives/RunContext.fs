@@ -57,6 +57,7 @@ type internal RunContext(userToken: CancellationToken) =
     let mutable error: exn = null
     let mutable stages = 0
     let mutable registration = Unchecked.defaultof<CancellationTokenRegistration>
+    let telemetry = RunTelemetry()
 
     static let tag (e: exn) (key: string) (value: obj) =
         try
@@ -66,6 +67,9 @@ type internal RunContext(userToken: CancellationToken) =
 
     /// The run's token: cancelled on failure, on the user's cancellation and on early stop.
     member _.Token = cts.Token
+
+    /// The run's metrics and activities.
+    member _.Telemetry = telemetry
 
 
     /// The first failure, or null.
@@ -89,6 +93,7 @@ type internal RunContext(userToken: CancellationToken) =
                 if isNull error then
                     tag e ErrorKeys.Stage stage
                     error <- e
+                    telemetry.Failed stage
                     true
                 else
                     if not (obj.ReferenceEquals(e, error)) then
@@ -105,6 +110,7 @@ type internal RunContext(userToken: CancellationToken) =
                         if not (others.Contains e) then
                             tag e ErrorKeys.Stage stage
                             others.Add e
+                            telemetry.Failed stage
 
                     false)
 
@@ -192,6 +198,8 @@ type internal RunContext(userToken: CancellationToken) =
                 for a in abortables do
                     a.Abort())
 
+        telemetry.Start()
+
         // A run cancelled before it starts starts nothing: not even the source reads an item.
         if not cts.IsCancellationRequested then
             for s in starters do
@@ -219,6 +227,7 @@ type internal RunContext(userToken: CancellationToken) =
                     // that observes it end sooner; every stage is done, so nothing else notices.
                     this.Cancel()
 
+            telemetry.Finish(Volatile.Read &error, cts.IsCancellationRequested)
             registration.Dispose()
             cts.Dispose()
         }

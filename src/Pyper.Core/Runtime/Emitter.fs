@@ -48,6 +48,13 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
 
     member _.Count = k
 
+    /// The stage's instruments, told how many results leave (null: not counted).
+    member val Probe: StageProbe = null with get, set
+
+    member private this.Counted() =
+        if not (isNull this.Probe) then
+            this.Probe.Out k
+
     member private _.Flushed() =
         Buffers.clear buf k
         k <- 0
@@ -59,6 +66,7 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
             hasTurn <- true
 
         Wait.write output buf k
+        this.Counted()
         this.Flushed()
 
     /// Hands the buffer on, awaiting the turn and room.
@@ -69,6 +77,7 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
                 hasTurn <- true
 
             do! Wait.writeAsync output buf k
+            this.Counted()
             this.Flushed()
         }
 

@@ -21,6 +21,8 @@ type internal WorkerEnv<'a, 'b> =
         /// Null unless the stage is ordered with more than one worker.
         Turnstile: Turnstile
         Sizer: Sizer
+        /// The stage's instruments (metrics, activities).
+        Probe: StageProbe
     }
 
 /// The one contract between the interpreter and an executor: which executor it is, how much work

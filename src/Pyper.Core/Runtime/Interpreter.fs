@@ -1,6 +1,7 @@
 namespace Pyper
 
 open System
+open System.Diagnostics
 open Pyper.FSharp
 open System.Collections.Generic
 open System.Threading
@@ -15,6 +16,8 @@ module internal Interpreter =
             input.AddReaders info.Workers
             let output = BatchQueue<'b>(info.Capacity)
             ctx.Register output
+            let probe = StageProbe(name, info.Workers, (fun () -> output.Count))
+            ctx.Telemetry.Add probe
 
             let turnstile =
                 if info.Ordered && info.Workers > 1 then
@@ -32,6 +35,13 @@ module internal Interpreter =
                     input.CloseReaders()
 
             let ended (e: exn) =
+                probe.WorkerEnded(
+                    if isNull e || e :? ReadersGoneException || ctx.IsStopEcho e then
+                        null
+                    else
+                        e
+                )
+
                 match e with
                 | null
                 | :? ReadersGoneException -> finished ()
@@ -44,6 +54,8 @@ module internal Interpreter =
                 | e -> ctx.Fail(name, e)
 
             ctx.OnStart(fun () ->
+                let previous = probe.Enter()
+
                 for w in 1 .. info.Workers do
                     let env =
                         {
@@ -54,9 +66,12 @@ module internal Interpreter =
                             Output = output
                             Turnstile = turnstile
                             Sizer = Sizer executor.Quantum
+                            Probe = probe
                         }
 
-                    executor.Start(env, ended))
+                    executor.Start(env, ended)
+
+                Activity.Current <- previous)
 
             output
 

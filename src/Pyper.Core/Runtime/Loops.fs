@@ -18,7 +18,12 @@ module internal Loops =
         while go do
             let struct (n, ticket) = Wait.take env.Input input env.Sizer.Limit false
 
-            if n = 0 then go <- false else body n ticket
+            if n = 0 then
+                go <- false
+            else
+                let start = env.Probe.BatchStart(env.Worker, n)
+                body n ticket
+                env.Probe.BatchEnd(env.Worker, start)
 
     /// An async worker's loop: takes batches (awaiting) into `input` until the input ends,
     /// handing each to `body n ticket`.
@@ -29,7 +34,12 @@ module internal Loops =
             while go do
                 let! struct (n, ticket) = Wait.takeAsync env.Input input env.Sizer.Limit false
 
-                if n = 0 then go <- false else do! body n ticket
+                if n = 0 then
+                    go <- false
+                else
+                    let start = env.Probe.BatchStart(env.Worker, n)
+                    do! body n ticket
+                    env.Probe.BatchEnd(env.Worker, start)
         }
 
     let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
@@ -49,6 +59,7 @@ module internal Loops =
                 Wait.turn env.Turnstile ticket
 
             Wait.write env.Output output n
+            env.Probe.Out n
 
             if not (isNull env.Turnstile) then
                 env.Turnstile.Advance()
@@ -73,6 +84,7 @@ module internal Loops =
                     do! Wait.turnAsync env.Turnstile ticket
 
                 do! Wait.writeAsync env.Output output n
+                env.Probe.Out n
 
                 if not (isNull env.Turnstile) then
                     env.Turnstile.Advance()
@@ -134,7 +146,7 @@ module internal Loops =
 
     let branchThread (f: 'a -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
         let input = newBuf<'a>()
-        let em = Emitter<'b>(env.Output, env.Turnstile)
+        let em = Emitter<'b>(env.Output, env.Turnstile, Probe = env.Probe)
 
         eachBatch env input (fun n ticket ->
             em.Begin ticket
@@ -151,7 +163,7 @@ module internal Loops =
 
     let branchPool (f: 'a -> CancellationToken -> IAsyncEnumerable<'b>) (env: WorkerEnv<'a, 'b>) : Task =
         let input = newBuf<'a>()
-        let em = Emitter<'b>(env.Output, env.Turnstile)
+        let em = Emitter<'b>(env.Output, env.Turnstile, Probe = env.Probe)
         let token = env.Ctx.Token
 
         eachBatchAsync env input (fun n ticket ->
@@ -172,19 +184,23 @@ module internal Loops =
             })
 
     let joinThread (f: seq<'a> -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
-        let em = Emitter<'b>(env.Output, null)
+        let em = Emitter<'b>(env.Output, null, Probe = env.Probe)
+        env.Probe.SetBusy(env.Worker, true)
         pour em (f (QueueStream env.Input))
         em.Emit()
+        env.Probe.SetBusy(env.Worker, false)
 
     let joinPool
         (f: IAsyncEnumerable<'a> -> CancellationToken -> IAsyncEnumerable<'b>)
         (env: WorkerEnv<'a, 'b>)
         : Task =
         task {
-            let em = Emitter<'b>(env.Output, null)
+            let em = Emitter<'b>(env.Output, null, Probe = env.Probe)
             let token = env.Ctx.Token
+            env.Probe.SetBusy(env.Worker, true)
             do! pourAsync em (f (QueueStream env.Input) token) token
             do! em.EmitAsync()
+            env.Probe.SetBusy(env.Worker, false)
         }
 
     /// The longest single Task.Delay (about 49.7 days): longer timeouts are waited in steps.
@@ -216,6 +232,7 @@ module internal Loops =
                 one[0] <- (if k = group.Length then group else Array.sub group 0 k)
                 group <- Array.zeroCreate first
                 k <- 0
+                env.Probe.Out 1
                 Wait.writeAsync env.Output one 1
 
             while go do
@@ -250,6 +267,8 @@ module internal Loops =
 
                     go <- false
                 else
+                    env.Probe.In n
+
                     if k = 0 then
                         deadline <-
                             match timeout with

@@ -1,0 +1,9 @@
+namespace Pyper
+
+[<RequireQualifiedAccess>]
+module Telemetry =
+    [<Literal>]
+    let MeterName = Instruments.Name
+
+    [<Literal>]
+    let ActivitySourceName = Instruments.Name
