@@ -1,4 +1,5 @@
 using System;
+using Microsoft.FSharp.Core;
 using System.Collections.Generic;
 using System.Threading;
 using System.Threading.Tasks;
@@ -42,7 +43,7 @@ public static class Stage
         Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
         multiprocess
             ? new(FSharp.Build.processOfDelegate(f, workers, capacity, ordered, name!))
-            : new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Some(false)));
+            : new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Some(false), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
 
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
@@ -50,7 +51,7 @@ public static class Stage
         Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
         multiprocess
             ? RefuseInProcess(f, workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
 
     /// <summary>A stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
@@ -58,19 +59,19 @@ public static class Stage
         Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
         multiprocess
             ? RefuseInProcess<TIn, TOut>(x => f(x, CancellationToken.None), workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item.</summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
         Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
         Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
 
     /// <summary>
     /// A stage whose blocking function returns many results per item, flattened downstream

@@ -23,6 +23,7 @@ let private all =
             ProcessTests.tests
             ChannelTests.tests
             HardeningTests.tests
+            PolicyTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All

@@ -77,6 +77,42 @@ module internal Build =
         notNull kind name (box f)
         Wiring.stage (info kind Executor.Thread joins workers capacity ordered name) (ThreadExecutor loop)
 
+    /// A blocking map stage on dedicated threads: the plain loop, or the policy-aware one when a
+    /// timeout or failure policy is set.
+    let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts =
+        notNull StageKind.Map name (box f)
+        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
+
+        let loop =
+            match Policies.check (describe name StageKind.Map) timeout onError counts with
+            | None -> Loops.mapThread f
+            | Some p -> Policies.mapThread p f
+
+        Wiring.stage info (ThreadExecutor loop)
+
+    /// An async map stage (`g` is the function as called with a token): the plain loop, or the
+    /// policy-aware one when a timeout or failure policy is set.
+    let mapPool
+        (f: obj)
+        (g: 'a -> CancellationToken -> ValueTask<'b>)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name f
+        let info = info StageKind.Map Executor.Async false workers capacity ordered name
+
+        let loop =
+            match Policies.check (describe name StageKind.Map) timeout onError counts with
+            | None -> Loops.mapPool g
+            | Some p -> Policies.mapPool p g
+
+        Wiring.stage info (AsyncExecutor loop)
+
     /// A stage whose workers are async loops (`loop`) on the thread pool.
     let pool kind joins f workers capacity ordered name loop =
         notNull kind name (box f)
@@ -148,51 +184,67 @@ module internal Build =
 
 [<AbstractClass; Sealed>]
 type Stage =
-    static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+    static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts) =
         if defaultArg multiprocess false then
+            if timeout.IsSome || onError.IsSome then
+                raise (
+                    ArgumentException(
+                        $"{Build.describe name StageKind.Map}: timeout and onError are not yet available on worker processes; run the stage on threads (multiprocess = false) for them.",
+                        (if timeout.IsSome then "timeout" else "onError")
+                    )
+                )
+
             Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
         else
-            Build.thread StageKind.Map false f workers capacity ordered name (Loops.mapThread f)
+            Build.mapThread f workers capacity ordered name timeout onError counts
 
-    static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool
-            StageKind.Map
-            false
-            f
+    static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
+        Build.mapPool
+            (box f)
+            (fun x _ -> ValueTask<'b>(NullResult.task (f x)))
             workers
             capacity
             ordered
             name
-            (Loops.mapPool (fun x _ -> ValueTask<'b>(NullResult.task (f x))))
+            timeout
+            onError
+            counts
 
-    static member mapTask(f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool
-            StageKind.Map
-            false
-            f
+    static member mapTask
+        (f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
+        =
+        Build.mapPool
+            (box f)
+            (fun x ct -> ValueTask<'b>(NullResult.task (f x ct)))
             workers
             capacity
             ordered
             name
-            (Loops.mapPool (fun x ct -> ValueTask<'b>(NullResult.task (f x ct))))
+            timeout
+            onError
+            counts
 
-    static member mapValueTask(f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool (fun x _ -> f x))
+    static member mapValueTask
+        (f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
+        =
+        Build.mapPool (box f) (fun x _ -> f x) workers capacity ordered name timeout onError counts
 
-    static member mapValueTask(f: 'a -> CancellationToken -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool f)
+    static member mapValueTask
+        (f: 'a -> CancellationToken -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
+        =
+        Build.mapPool (box f) f workers capacity ordered name timeout onError counts
 
-    static member mapAsync(f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool
-            StageKind.Map
-            false
-            f
+    static member mapAsync(f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
+        Build.mapPool
+            (box f)
+            (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct)))
             workers
             capacity
             ordered
             name
-            (Loops.mapPool (fun x ct ->
-                ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct))))
+            timeout
+            onError
+            counts
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)

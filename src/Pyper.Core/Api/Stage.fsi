@@ -26,6 +26,16 @@ module internal Build =
 ///   are added). Items in flight per stage never exceed `capacity` + the next stage's workers.
 /// - `ordered`: results leave in input order even with many workers (default false: as ready).
 /// - `name`: the stage's name in errors and diagnostics (default: kind and position, e.g. "map #2").
+///
+/// Map stages (threads and async; not yet worker processes) also take, for production runs:
+/// - `timeout`: how long one call may run (positive, at most about 49.7 days). A call that runs
+///   longer fails its item with a TimeoutException naming the stage and the item's input position.
+///   An async function's token is cancelled at the timeout; a blocking function cannot be stopped,
+///   so its call runs on a helper thread that is abandoned (and counted) when it is late, and the
+///   worker goes on with a fresh one.
+/// - `onError`: what to do with an item whose call failed (`OnError`: Fail, the default; Retry
+///   with exponential backoff and jitter; Skip; DeadLetter).
+/// - `counts`: a `FailureCounts` that counts retries, skipped and dead-lettered items, time-outs.
 [<AbstractClass; Sealed>]
 type Stage =
     /// A stage that calls a blocking function once per item, on dedicated threads, or, with
@@ -34,30 +44,76 @@ type Stage =
     /// a compiled assembly, or a lambda there that captures nothing; items and results travel as JSON.
     /// Anything else (a capturing closure, a function defined in FSI, an async function) is refused here.
     static member map:
-        f: ('a -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
+        f: ('a -> 'b) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item.
     static member mapTask:
-        f: ('a -> Task<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: ('a -> Task<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item, passing the run's cancellation token.
     static member mapTask:
-        f: ('a -> CancellationToken -> Task<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+        f: ('a -> CancellationToken -> Task<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a ValueTask-returning function once per item.
     static member mapValueTask:
-        f: ('a -> ValueTask<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: ('a -> ValueTask<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
 
     /// A stage that awaits a ValueTask-returning function once per item, passing the run's cancellation token.
     static member mapValueTask:
-        f: ('a -> CancellationToken -> ValueTask<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+        f: ('a -> CancellationToken -> ValueTask<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
     /// A stage that runs an F# Async function once per item; the run's cancellation flows into it.
     static member mapAsync:
-        f: ('a -> Async<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: ('a -> Async<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
 
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's `branch=True`). As the first stage, it generates the data from the run's input.
