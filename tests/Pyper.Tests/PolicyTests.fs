@@ -245,6 +245,208 @@ let private balance form (plan: (int * bool) list) (retries: byte) (deadLetter: 
     && int64 dead.Count = counts.DeadLettered
     && (deadLetter || counts.DeadLettered = 0L)
 
+
+/// Live helper threads of thread stages with a timeout (named ".../call").
+let private callThreads () =
+    pyperOsThreads () |> Array.filter (fun n -> n.EndsWith "/call")
+
+/// A generous timeout for calls that should finish at once (a loaded 2-core machine).
+let private patience = TimeSpan.FromMilliseconds 500.0
+
+/// Checks a timeout's exception: a TimeoutException naming the stage and the item's position.
+let private isTimeout (position: int) (e: exn) =
+    match e with
+    | :? TimeoutException as t ->
+        Expect.stringContains t.Message "Stage 'p' (map)" "names the stage"
+        Expect.stringContains t.Message $"input position {position}" "names the item's position"
+        Expect.equal (PipelineError.stage e) (Some "p") "the stage is tagged"
+    | e -> failtestf "expected a TimeoutException, got %O" e
+
+let private timeouts =
+    [
+        leakTest "async: a call past the timeout has its token cancelled; Skip goes on" (fun () ->
+            let counts = FailureCounts()
+            let mutable cancelled = 0
+
+            let f (x: int) (ct: CancellationToken) =
+                task {
+                    if x = 5 then
+                        try
+                            do! Task.Delay(Timeout.Infinite, ct)
+                        with :? OperationCanceledException ->
+                            Interlocked.Increment &cancelled |> ignore
+                            raise (OperationCanceledException ct)
+
+                    return x
+                }
+
+            let p =
+                Stage.mapTask (f, timeout = patience, onError = OnError.Skip, counts = counts, name = "p")
+
+            let results = collect (Pipeline.toSeqFrom [ 1..10 ] p)
+            Expect.equal (sorted results) [ 1; 2; 3; 4; 6; 7; 8; 9; 10 ] "the others delivered"
+            Expect.equal counts.TimedOut 1L "one time-out"
+            Expect.equal counts.Skipped 1L "skipped"
+            Expect.equal cancelled 1 "the function saw its token cancelled")
+
+        leakTest "async: a call past the timeout fails the run by default, naming stage and position" (fun () ->
+            let f (x: int) (ct: CancellationToken) =
+                task {
+                    if x = 5 then
+                        do! Task.Delay(Timeout.Infinite, ct)
+
+                    return x
+                }
+
+            let p = Stage.mapTask (f, timeout = patience, name = "p", workers = 3)
+            isTimeout 4 (catchExn (fun () -> collect (Pipeline.toSeqFrom [ 1..10 ] p) |> ignore)))
+
+        leakTest "async: a function ignoring its token is no longer waited for" (fun () ->
+            let never =
+                TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously)
+
+            let counts = FailureCounts()
+
+            let f (x: int) =
+                if x = 2 then never.Task else Task.FromResult x
+
+            let p =
+                Stage.mapTask (f, timeout = patience, onError = OnError.Skip, counts = counts, name = "p")
+
+            let results = collect (Pipeline.toSeqFrom [ 1..4 ] p)
+            never.SetResult 0
+            Expect.equal (sorted results) [ 1; 3; 4 ] "the others delivered"
+            Expect.equal counts.TimedOut 1L "one time-out")
+
+        leakTest "threads: a stuck call is abandoned and counted; the worker goes on on a fresh thread" (fun () ->
+            use gate = new ManualResetEventSlim(false)
+            let counts = FailureCounts()
+
+            let f (x: int) =
+                if x = 3 then
+                    gate.Wait()
+
+                x
+
+            let p =
+                Stage.map (f, timeout = patience, onError = OnError.Skip, counts = counts, name = "p")
+
+            let results = collect (Pipeline.toSeqFrom [ 1..10 ] p)
+            Expect.equal (sorted results) [ 1; 2; 4; 5; 6; 7; 8; 9; 10 ] "the others delivered"
+            Expect.equal counts.TimedOut 1L "one time-out"
+            Expect.equal counts.AbandonedThreads 1L "one thread abandoned"
+            Expect.equal (callThreads ()).Length 1 "the stuck thread is still in its call"
+            gate.Set()
+            waitUntil "the abandoned thread to end once its call returns" (fun () -> Array.isEmpty (callThreads ())))
+
+        leakTest "threads: a stuck call fails the run by default, naming stage and position" (fun () ->
+            use gate = new ManualResetEventSlim(false)
+
+            let f (x: int) =
+                if x = 7 then
+                    gate.Wait()
+
+                x
+
+            let p = Stage.map (f, timeout = patience, name = "p", workers = 2)
+            let e = catchExn (fun () -> collect (Pipeline.toSeqFrom [ 1..10 ] p) |> ignore)
+            gate.Set()
+            isTimeout 6 e
+            waitUntil "the abandoned thread to end" (fun () -> Array.isEmpty (callThreads ())))
+
+        for threads in [ true; false ] do
+            leakTest $"""{(if threads then "threads" else "async")}: a timed-out item is retried""" (fun () ->
+                use gate = new ManualResetEventSlim(false)
+                let counts = FailureCounts()
+                let mutable first = 1
+
+                let stuck x =
+                    x = 3 && Interlocked.Exchange(&first, 0) = 1
+
+                let policy = OnError.Retry(2, tiny, (fun e -> e :? TimeoutException), OnError.Fail)
+
+                let p =
+                    if threads then
+                        Stage.map (
+                            (fun x ->
+                                if stuck x then
+                                    gate.Wait()
+
+                                x),
+                            timeout = patience,
+                            onError = policy,
+                            counts = counts,
+                            name = "p"
+                        )
+                    else
+                        Stage.mapTask (
+                            (fun x (ct: CancellationToken) ->
+                                task {
+                                    if stuck x then
+                                        do! Task.Delay(Timeout.Infinite, ct)
+
+                                    return x
+                                }),
+                            timeout = patience,
+                            onError = policy,
+                            counts = counts,
+                            name = "p"
+                        )
+
+                let results = collect (Pipeline.toSeqFrom [ 1..5 ] p)
+                gate.Set()
+                Expect.equal (sorted results) [ 1..5 ] "all delivered"
+                Expect.equal counts.TimedOut 1L "one time-out"
+                Expect.equal counts.Retries 1L "one retry"
+                waitUntil "the abandoned thread to end" (fun () -> Array.isEmpty (callThreads ())))
+    ]
+
+
+/// Bad policy options fail when the stage is built, naming the stage and the option.
+let private validation =
+    let throwsArg (paramName: string) (fragment: string) (build: unit -> obj) =
+        match Expect.throwsC (build >> ignore) id with
+        | :? ArgumentException as a ->
+            Expect.equal a.ParamName paramName "names the option"
+            Expect.stringContains a.Message fragment "says which stage and what is allowed"
+        | e -> failtestf "expected an ArgumentException, got %O" e
+
+    let f (x: int) = x
+
+    testList
+        "validation"
+        [
+            testCase "timeout zero or negative" (fun () ->
+                throwsArg "timeout" "Stage 's' (map): timeout must be positive" (fun () ->
+                    box (Stage.map (f, timeout = TimeSpan.Zero, name = "s")))
+
+                throwsArg "timeout" "A map stage: timeout must be positive" (fun () ->
+                    box (Stage.mapTask ((fun (x: int) -> Task.FromResult x), timeout = TimeSpan.FromSeconds -1.0))))
+            testCase "retry count out of range" (fun () ->
+                throwsArg "onError" "Stage 's' (map): onError's Retry times must be 0 to 1000" (fun () ->
+                    box (Stage.map (f, onError = OnError.Retry(-1, tiny, always, OnError.Fail), name = "s"))))
+            testCase "negative backoff" (fun () ->
+                throwsArg "onError" "backoff must be 0 to" (fun () ->
+                    box (Stage.map (f, onError = OnError.Retry(1, TimeSpan.FromSeconds -1.0, always, OnError.Fail)))))
+            testCase "a Retry ending in a Retry" (fun () ->
+                throwsArg "onError" "must end in Fail, Skip or DeadLetter" (fun () ->
+                    box (
+                        Stage.map (
+                            f,
+                            onError = OnError.Retry(1, tiny, always, OnError.Retry(1, tiny, always, OnError.Fail))
+                        )
+                    )))
+            testCase "null sink, null retryOn" (fun () ->
+                throwsArg "onError" "dead-letter sink of onError is null" (fun () ->
+                    box (Stage.map (f, onError = OnError.DeadLetter(Unchecked.defaultof<_>))))
+
+                throwsArg "onError" "retryOn is null" (fun () ->
+                    box (Stage.map (f, onError = OnError.Retry(1, tiny, Unchecked.defaultof<_>, OnError.Skip)))))
+            testCase "worker processes refuse policies for now" (fun () ->
+                throwsArg "onError" "not yet available on worker processes" (fun () ->
+                    box (Stage.map (f, multiprocess = true, onError = OnError.Skip))))
+        ]
+
 let private config =
     { FsCheckConfig.defaultConfig with
         maxTest = 30
@@ -255,6 +457,8 @@ let tests =
         "policies"
         [
             yield! forms |> List.collect perForm
+            yield! timeouts
+            validation
             for form in [ Threads; TasksWithToken ] do
                 testPropertyWithConfig config $"{form}: delivered + skipped + dead-lettered = input" (balance form)
         ]

@@ -156,12 +156,15 @@ module internal Policies =
 
         TimeSpan.FromTicks(int64 (full * (0.5 + 0.5 * Random.Shared.NextDouble())))
 
-    /// True when `e` must end the worker whatever the policy: the run is stopping, or the
-    /// function broke its contract (a null Task...).
+    /// Rethrows `e` when it must end the worker whatever the policy: the function broke its
+    /// contract (a null Task...) or the run is ending; when the run is stopping (cancelled, or
+    /// failed elsewhere), the item's failure is moot and the worker leaves as stopped.
     let private ends (ctx: RunContext) (e: exn) =
-        ctx.Token.IsCancellationRequested
-        || (e :? RunAbortedException)
-        || (e :? NullResultException)
+        if (e :? RunAbortedException) || (e :? NullResultException) then
+            ExceptionDispatchInfo.Throw e
+
+        if ctx.Token.IsCancellationRequested then
+            raise (OperationCanceledException ctx.Token)
 
     let private settle (p: StagePolicy<'a>) (rule: OnError<'a>) (x: 'a) (e: exn) (attempts: int) =
         match rule with
@@ -175,8 +178,7 @@ module internal Policies =
     /// ValueNone once the item is settled (skipped or dead-lettered); rethrows `e` when the run
     /// must fail (or is stopping).
     let next (ctx: RunContext) (p: StagePolicy<'a>) (x: 'a) (e: exn) (attempts: int) =
-        if ends ctx e then
-            ExceptionDispatchInfo.Throw e
+        ends ctx e
 
         match p.OnError with
         | OnError.Retry(times, delay, retryOn, otherwise) ->
