@@ -16,6 +16,12 @@ internal static class Interop
 
     internal static FSharpOption<T> Some<T>(T value) => FSharpOption<T>.Some(value);
 
+    internal static FSharpOption<TimeSpan> Span(TimeSpan? t) =>
+        t is { } v ? FSharpOption<TimeSpan>.Some(v) : FSharpOption<TimeSpan>.None;
+
+    internal static FSharpOption<FailureCounts> Counts(FailureCounts? c) =>
+        c is null ? FSharpOption<FailureCounts>.None : FSharpOption<FailureCounts>.Some(c);
+
     internal static FSharpOption<string> Name(string? name) =>
         name is null ? FSharpOption<string>.None : FSharpOption<string>.Some(name);
 }

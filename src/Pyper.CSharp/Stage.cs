@@ -17,7 +17,9 @@ namespace Pyper;
 /// Every factory takes the same options, checked here (an <see cref="ArgumentException"/> names the
 /// stage and the option): <c>workers</c> (1 to 10,000; 1 to 256 with <c>multiprocess</c>), <c>capacity</c> (results that may wait for the
 /// next stage, Pyper's <c>throttle</c>; 0 = unbounded), <c>ordered</c> (results leave in input order)
-/// and <c>name</c> (used in errors). To build without type arguments, start from
+/// and <c>name</c> (used in errors). Map stages on threads and async workers also take
+/// <c>timeout</c> (how long one call may run), <c>onError</c> (an <see cref="ErrorPolicy"/>) and
+/// <c>counts</c> (a <see cref="FailureCounts"/>); see the README's "Failures, timeouts and retries". To build without type arguments, start from
 /// <see cref="Pipeline.Start{T}"/> and add stages fluently: the input type flows from the left.
 /// </remarks>
 public static class Stage
@@ -39,51 +41,62 @@ public static class Stage
     /// unsafe work. The function must be a static method, or a lambda that captures nothing, in a compiled
     /// assembly; items and results travel as JSON. Anything else is refused here with an <see cref="ArgumentException"/>.
     /// </param>
+    /// <param name="timeout">
+    /// How long one call may run (positive, at most about 49.7 days; default: no limit). A later call
+    /// fails its item with a <see cref="TimeoutException"/> naming the stage and the item's input position.
+    /// An async function's token is cancelled then; a blocking call cannot be stopped: it runs on a helper
+    /// thread, which is abandoned (and counted) when it is late, and the worker goes on with a fresh one.
+    /// Not yet with <paramref name="multiprocess"/>.
+    /// </param>
+    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). Not yet with <paramref name="multiprocess"/>.</param>
+    /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
         multiprocess
-            ? new(FSharp.Build.processOfDelegate(f, workers, capacity, ordered, name!))
-            : new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Some(false), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
+            ? (timeout is null && onError is null
+                ? new(FSharp.Build.processOfDelegate(f, workers, capacity, ordered, name!))
+                : new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Some(true), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts))))
+            : new(Core.Stage.map(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Some(false), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
         multiprocess
             ? RefuseInProcess(f, workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>A stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
         multiprocess
             ? RefuseInProcess<TIn, TOut>(x => f(x, CancellationToken.None), workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
-        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
+        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
-        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), FSharpOption<TimeSpan>.None, FSharpOption<Core.OnError<TIn>>.None, FSharpOption<FailureCounts>.None));
+        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's <c>branch=True</c>). As the first stage it generates the data from the run's input.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branch(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage whose function returns an async stream per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branchStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -93,7 +106,7 @@ public static class Stage
     /// (Pyper's <c>join=True</c>). With n workers the input is split into n partial streams and
     /// there are n results. Each stream can be enumerated once.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Join<TIn, TOut>(
         Func<IEnumerable<TIn>, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.join(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));

@@ -27,6 +27,7 @@ let private all =
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All
+            Pyper.CSharp.Tests.PolicyTests.All
         ]
 
 /// Runs every test; under build.fsx the counts go to a file and build.fsx prints the closing line.
