@@ -447,6 +447,97 @@ let private validation =
                     box (Stage.map (f, multiprocess = true, onError = OnError.Skip))))
         ]
 
+
+/// Per-worker state: init once per worker (on its thread for blocking stages), dispose at the end.
+let private state =
+    testList
+        "per-worker state"
+        [
+            leakTest "threads: init once per worker, on its thread; f gets it; dispose at the end" (fun () ->
+                let inits = ConcurrentBag<int>()
+                let disposed = ConcurrentBag<int>()
+
+                let init () =
+                    let id = Thread.CurrentThread.ManagedThreadId
+                    inits.Add id
+                    id
+
+                let p =
+                    Stage.mapWithState (
+                        init,
+                        (fun (s: int) (_: int) -> s, s = Thread.CurrentThread.ManagedThreadId),
+                        dispose = (fun s -> disposed.Add s),
+                        workers = 3
+                    )
+
+                let results = collect (Pipeline.toSeqFrom [ 1..300 ] p)
+                Expect.equal results.Length 300 "all delivered"
+                Expect.isTrue (results |> List.forall snd) "f runs on the thread that made the state"
+                Expect.equal inits.Count 3 "init once per worker"
+                Expect.isTrue (results |> List.forall (fun (s, _) -> Seq.contains s inits)) "each state is a worker's"
+                Expect.equal (sorted (List.ofSeq disposed)) (sorted (List.ofSeq inits)) "each state disposed once")
+
+            leakTest "async: init once per worker; dispose also when the run fails" (fun () ->
+                let inits = ref 0
+                let disposed = ref 0
+
+                let f (s: int ref) (x: int) (_: CancellationToken) =
+                    task {
+                        s.Value <- s.Value + 1
+
+                        if x = 500 then
+                            failwith "boom"
+
+                        return x
+                    }
+
+                let p =
+                    Stage.mapTaskWithState (
+                        (fun () ->
+                            Interlocked.Increment inits |> ignore
+                            ref 0),
+                        f,
+                        dispose = (fun _ -> Interlocked.Increment disposed |> ignore),
+                        workers = 4
+                    )
+
+                let ok = collect (Pipeline.toSeqFrom [ 1..100 ] p)
+                Expect.equal (sorted ok) [ 1..100 ] "all delivered"
+                Expect.equal inits.Value 4 "init once per worker"
+                Expect.equal disposed.Value 4 "disposed once per worker"
+
+                catchExn (fun () -> collect (Pipeline.toSeqFrom [ 1..1000 ] p) |> ignore)
+                |> ignore
+
+                Expect.equal inits.Value 8 "init once per worker of the second run"
+                Expect.equal disposed.Value 8 "disposed after the failed run too")
+
+            leakTest "state and a policy together" (fun () ->
+                let counts = FailureCounts()
+
+                let p =
+                    Stage.mapWithState (
+                        (fun () -> 10),
+                        (fun s x -> if x % 2 = 0 then failwith "even" else s * x),
+                        onError = OnError.Skip,
+                        counts = counts
+                    )
+
+                Expect.equal (collect (Pipeline.toSeqFrom [ 1..10 ] p)) [ 10; 30; 50; 70; 90 ] "odd items"
+                Expect.equal counts.Skipped 5L "evens skipped")
+
+            testCase "a null init is refused" (fun () ->
+                match
+                    Expect.throwsC
+                        (fun () ->
+                            Stage.mapWithState (Unchecked.defaultof<unit -> int>, (fun s x -> s + x))
+                            |> ignore)
+                        id
+                with
+                | :? ArgumentNullException as e -> Expect.equal e.ParamName "init" "names init"
+                | e -> failtestf "expected ArgumentNullException, got %O" e)
+        ]
+
 let private config =
     { FsCheckConfig.defaultConfig with
         maxTest = 30
@@ -459,6 +550,7 @@ let tests =
             yield! forms |> List.collect perForm
             yield! timeouts
             validation
+            state
             for form in [ Threads; TasksWithToken ] do
                 testPropertyWithConfig config $"{form}: delivered + skipped + dead-lettered = input" (balance form)
         ]

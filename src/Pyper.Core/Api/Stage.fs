@@ -77,6 +77,88 @@ module internal Build =
         notNull kind name (box f)
         Wiring.stage (info kind Executor.Thread joins workers capacity ordered name) (ThreadExecutor loop)
 
+    /// The blocking map loop for `f`: the plain one, or the policy-aware one.
+    let threadLoop (policy: StagePolicy<'a> option) (f: 'a -> 'b) =
+        match policy with
+        | None -> Loops.mapThread f
+        | Some p -> Policies.mapThread p f
+
+    /// The async map loop for `g`: the plain one, or the policy-aware one.
+    let poolLoop (policy: StagePolicy<'a> option) (g: 'a -> CancellationToken -> ValueTask<'b>) =
+        match policy with
+        | None -> Loops.mapPool g
+        | Some p -> Policies.mapPool p g
+
+    /// Refuses a null `init` or `dispose` of a stage with per-worker state.
+    let stateChecks (name: string option) (init: obj) (dispose: obj option) =
+        if isNull init then
+            raise (ArgumentNullException("init", $"{describe name StageKind.Map}: init is null."))
+
+        match dispose with
+        | Some d when isNull d ->
+            raise (ArgumentNullException("dispose", $"{describe name StageKind.Map}: dispose is null."))
+        | _ -> ()
+
+    /// A blocking map stage with per-worker state: `init` on each worker's thread before its
+    /// first item, `dispose` on it when the worker ends.
+    let mapThreadWithState
+        (init: unit -> 's)
+        (f: 's -> 'a -> 'b)
+        (dispose: ('s -> unit) option)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name (box f)
+        stateChecks name (box init) (Option.map box dispose)
+        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let loop (env: WorkerEnv<'a, 'b>) =
+            let s = init ()
+
+            try
+                threadLoop policy (f s) env
+            finally
+                dispose |> Option.iter (fun d -> d s)
+
+        Wiring.stage info (ThreadExecutor loop)
+
+    /// An async map stage with per-worker state: `init` once per async worker before its first
+    /// item, `dispose` when the worker ends.
+    let mapPoolWithState
+        (init: unit -> 's)
+        (f: 's -> 'a -> CancellationToken -> Task<'b>)
+        (dispose: ('s -> unit) option)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name (box f)
+        stateChecks name (box init) (Option.map box dispose)
+        let info = info StageKind.Map Executor.Async false workers capacity ordered name
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let loop (env: WorkerEnv<'a, 'b>) : Task =
+            task {
+                let s = init ()
+
+                try
+                    do! poolLoop policy (fun x ct -> ValueTask<'b>(NullResult.task (f s x ct))) env
+                finally
+                    dispose |> Option.iter (fun d -> d s)
+            }
+
+        Wiring.stage info (AsyncExecutor loop)
+
     /// A blocking map stage on dedicated threads: the plain loop, or the policy-aware one when a
     /// timeout or failure policy is set.
     let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts =
@@ -245,6 +327,36 @@ type Stage =
             timeout
             onError
             counts
+
+    static member mapWithState
+        (
+            init: unit -> 's,
+            f: 's -> 'a -> 'b,
+            ?dispose,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts
+        ) =
+        Build.mapThreadWithState init f dispose workers capacity ordered name timeout onError counts
+
+    static member mapTaskWithState
+        (
+            init: unit -> 's,
+            f: 's -> 'a -> CancellationToken -> Task<'b>,
+            ?dispose,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts
+        ) =
+        Build.mapPoolWithState init f dispose workers capacity ordered name timeout onError counts
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)

@@ -115,6 +115,40 @@ type Stage =
         ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
+    /// A blocking map stage with per-worker state: `init` runs once per worker, on the worker's
+    /// thread, before its first item; `f` gets that worker's state with each item; `dispose`
+    /// (optional) runs on the same thread when the worker ends, also when the run fails or is
+    /// cancelled. With a `timeout`, the calls run on the worker's helper thread (see `timeout`):
+    /// the state must then not depend on the thread. An exception in `init` fails the run.
+    static member mapWithState:
+        init: (unit -> 's) *
+        f: ('s -> 'a -> 'b) *
+        ?dispose: ('s -> unit) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
+
+    /// An async map stage with per-worker state (see `mapWithState`): `init` runs once per async
+    /// worker before its first item, `dispose` when the worker ends; `f` gets the state, the item
+    /// and the token (the run's, or the item's under a `timeout`).
+    static member mapTaskWithState:
+        init: (unit -> 's) *
+        f: ('s -> 'a -> CancellationToken -> Task<'b>) *
+        ?dispose: ('s -> unit) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
+
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's `branch=True`). As the first stage, it generates the data from the run's input.
     static member branch:
