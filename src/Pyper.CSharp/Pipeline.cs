@@ -102,6 +102,21 @@ public sealed class Pipeline<TIn, TOut>
         Func<TOut, CancellationToken, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
         Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts));
 
+    /// <summary>Adds a blocking map stage with per-worker state.</summary>
+    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    public Pipeline<TIn, TNext> MapWithState<TState, TNext>(
+        Func<TState> init, Func<TState, TOut, TNext> f, Action<TState>? dispose = null, int workers = 1, int capacity = Stage.DefaultCapacity,
+        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts));
+
+    /// <summary>Adds an async map stage with per-worker state.</summary>
+    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, CancellationToken, Task{TOut}}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    public Pipeline<TIn, TNext> MapWithState<TState, TNext>(
+        Func<TState> init, Func<TState, TOut, CancellationToken, Task<TNext>> f, Action<TState>? dispose = null, int workers = 1,
+        int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null,
+        FailureCounts? counts = null) =>
+        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts));
+
     /// <summary>Adds a stage awaiting a ValueTask-returning function once per item.</summary>
     /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public Pipeline<TIn, TNext> MapValueTask<TNext>(

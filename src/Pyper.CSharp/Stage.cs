@@ -144,6 +144,41 @@ public static class Stage
             Some(1), Some(capacity), Some(false), Name(name)));
 
     /// <summary>An async function marked for processes: the core refuses it (as Pyper does) with an ArgumentException.</summary>
+    /// <summary>
+    /// A blocking map stage with per-worker state: <paramref name="init"/> runs once per worker, on the
+    /// worker's thread, before its first item; <paramref name="f"/> gets that worker's state with each
+    /// item; <paramref name="dispose"/> runs on the same thread when the worker ends (also when the run
+    /// fails or is cancelled). With a <c>timeout</c>, calls run on the worker's helper thread.
+    /// </summary>
+    /// <param name="init">Makes one worker's state.</param>
+    /// <param name="f">The function, given the worker's state and the item.</param>
+    /// <param name="dispose">Releases one worker's state (optional).</param>
+    /// <param name="workers">How many workers (each with its own state) call it at once (1 to 10,000).</param>
+    /// <param name="capacity">How many results may wait for the next stage (0 = unbounded).</param>
+    /// <param name="ordered">Whether results leave in input order.</param>
+    /// <param name="name">The stage's name in errors.</param>
+    /// <param name="timeout">How long one call may run (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>).</param>
+    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>).</param>
+    /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
+    public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
+        Func<TState> init, Func<TState, TIn, TOut> f, Action<TState>? dispose = null, int workers = 1, int capacity = DefaultCapacity,
+        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        new(Core.Stage.mapWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+
+    /// <summary>
+    /// An async map stage with per-worker state: <paramref name="init"/> runs once per async worker
+    /// before its first item, <paramref name="dispose"/> when the worker ends; <paramref name="f"/> gets
+    /// the state, the item and the token (the run's, or the item's under a <c>timeout</c>).
+    /// </summary>
+    /// <inheritdoc cref="MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
+        Func<TState> init, Func<TState, TIn, CancellationToken, Task<TOut>> f, Action<TState>? dispose = null, int workers = 1,
+        int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null,
+        FailureCounts? counts = null) =>
+        new(Core.Stage.mapTaskWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+
     private static Pipeline<TIn, TOut> RefuseInProcess<TIn, TOut>(
         Func<TIn, Task<TOut>> f, int workers, int capacity, bool ordered, string? name)
     {

@@ -74,6 +74,23 @@ public static class PolicyTests
             Equal(e.PipelineStage(), "slow", "the stage");
         }),
 
+        Case("MapWithState: init once per worker on its thread, dispose at the end", async () =>
+        {
+            var inits = new ConcurrentBag<int>();
+            var disposed = new ConcurrentBag<int>();
+            var p = Pipeline.Start<int>()
+                .MapWithState(() => { inits.Add(Environment.CurrentManagedThreadId); return Environment.CurrentManagedThreadId; },
+                    (int s, int x) => s == Environment.CurrentManagedThreadId ? x : -1,
+                    dispose: s => disposed.Add(s), workers: 2)
+                .MapWithState(() => new List<int>(), async (List<int> seen, int x, CancellationToken _) => { await Task.Yield(); seen.Add(x); return seen.Count; },
+                    dispose: seen => disposed.Add(-seen.Count));
+            var results = await Collect(p.RunEach(Enumerable.Range(1, 100)));
+            Sequence(results.Order(), Enumerable.Range(1, 100), "one async worker counts every item");
+            Equal(inits.Count, 2, "init once per blocking worker");
+            Sequence(disposed.Where(d => d > 0).Order(), inits.Order(), "each blocking state disposed");
+            Sequence(disposed.Where(d => d < 0), new[] { -100 }, "the async state disposed after 100 items");
+        }),
+
         Case("a dead-letter sink for other items is refused when the stage is built", () =>
         {
             try
