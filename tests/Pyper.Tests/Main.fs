@@ -24,6 +24,7 @@ let private all =
             ChannelTests.tests
             HardeningTests.tests
             PolicyTests.tests
+            PolicyTimeoutTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All

@@ -313,6 +313,14 @@ module internal Policies =
             with
             | :? TimeoutException as e when not call.IsCompleted ->
                 cts.Cancel()
+                // The late call is no longer awaited: observe its failure, if it fails.
+                call.ContinueWith(
+                    (fun (t: Task<'b>) -> t.Exception |> ignore),
+                    TaskContinuationOptions.OnlyOnFaulted
+                    ||| TaskContinuationOptions.ExecuteSynchronously
+                )
+                |> ignore
+
                 p.Counts.AddTimedOut()
                 return raise (timedOut env position t e)
             | :? OperationCanceledException as e when
