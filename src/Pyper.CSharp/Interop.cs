@@ -16,6 +16,24 @@ internal static class Interop
 
     internal static FSharpOption<T> Some<T>(T value) => FSharpOption<T>.Some(value);
 
+    /// <summary>An F# function for a parameterless delegate; null stays null.</summary>
+    internal static FSharpFunc<Unit, T> Fn<T>(Func<T>? f) =>
+        f is null ? null! : FuncConvert.FromFunc(f);
+
+    /// <summary>A curried F# function for a three-argument delegate; null stays null.</summary>
+    internal static FSharpFunc<T1, FSharpFunc<T2, FSharpFunc<T3, TOut>>> Fn<T1, T2, T3, TOut>(Func<T1, T2, T3, TOut>? f) =>
+        f is null ? null! : FuncConvert.FromFunc(f);
+
+    /// <summary>An optional F# dispose function; none when not given.</summary>
+    internal static FSharpOption<FSharpFunc<T, Unit>> Dispose<T>(Action<T>? d) =>
+        d is null ? FSharpOption<FSharpFunc<T, Unit>>.None : FSharpOption<FSharpFunc<T, Unit>>.Some(FuncConvert.FromAction(d));
+
+    internal static FSharpOption<TimeSpan> Span(TimeSpan? t) =>
+        t is { } v ? FSharpOption<TimeSpan>.Some(v) : FSharpOption<TimeSpan>.None;
+
+    internal static FSharpOption<FailureCounts> Counts(FailureCounts? c) =>
+        c is null ? FSharpOption<FailureCounts>.None : FSharpOption<FailureCounts>.Some(c);
+
     internal static FSharpOption<string> Name(string? name) =>
         name is null ? FSharpOption<string>.None : FSharpOption<string>.Some(name);
 }

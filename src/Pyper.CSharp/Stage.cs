@@ -1,4 +1,5 @@
 using System;
+using Microsoft.FSharp.Core;
 using System.Collections.Generic;
 using System.Threading;
 using System.Threading.Tasks;
@@ -16,7 +17,9 @@ namespace Pyper;
 /// Every factory takes the same options, checked here (an <see cref="ArgumentException"/> names the
 /// stage and the option): <c>workers</c> (1 to 10,000; 1 to 256 with <c>multiprocess</c>), <c>capacity</c> (results that may wait for the
 /// next stage, Pyper's <c>throttle</c>; 0 = unbounded), <c>ordered</c> (results leave in input order)
-/// and <c>name</c> (used in errors). To build without type arguments, start from
+/// and <c>name</c> (used in errors). Map stages on threads and async workers also take
+/// <c>timeout</c> (how long one call may run), <c>onError</c> (an <see cref="ErrorPolicy"/>) and
+/// <c>counts</c> (a <see cref="FailureCounts"/>); see the README's "Failures, timeouts and retries". To build without type arguments, start from
 /// <see cref="Pipeline.Start{T}"/> and add stages fluently: the input type flows from the left.
 /// </remarks>
 public static class Stage
@@ -38,49 +41,58 @@ public static class Stage
     /// unsafe work. The function must be a static method, or a lambda that captures nothing, in a compiled
     /// assembly; items and results travel as JSON. Anything else is refused here with an <see cref="ArgumentException"/>.
     /// </param>
+    /// <param name="timeout">
+    /// How long one call may run (positive, at most about 49.7 days; default: no limit). A later call
+    /// fails its item with a <see cref="TimeoutException"/> naming the stage and the item's input position.
+    /// An async function's token is cancelled then; a blocking call cannot be stopped: it runs on a helper
+    /// thread, which is abandoned (and counted) when it is late, and the worker goes on with a fresh one.
+    /// Not yet with <paramref name="multiprocess"/>.
+    /// </param>
+    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). Not yet with <paramref name="multiprocess"/>.</param>
+    /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
-        new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess)));
+        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
         multiprocess
             ? RefuseProcesses(f, workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>A stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
         multiprocess
             ? RefuseProcesses<TIn, TOut>(x => f(x, CancellationToken.None), workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
-        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
-        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
     /// <summary>
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's <c>branch=True</c>). As the first stage it generates the data from the run's input.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branch(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage whose function returns an async stream per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branchStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -90,7 +102,7 @@ public static class Stage
     /// (Pyper's <c>join=True</c>). With n workers the input is split into n partial streams and
     /// there are n results. Each stream can be enumerated once.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Join<TIn, TOut>(
         Func<IEnumerable<TIn>, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.join(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -128,13 +140,48 @@ public static class Stage
             Some(1), Some(capacity), Some(false), Name(name)));
 
     /// <summary>
+    /// A blocking map stage with per-worker state: <paramref name="init"/> runs once per worker, on the
+    /// worker's thread, before its first item; <paramref name="f"/> gets that worker's state with each
+    /// item; <paramref name="dispose"/> runs on the same thread when the worker ends (also when the run
+    /// fails or is cancelled). With a <c>timeout</c>, calls run on the worker's helper thread.
+    /// </summary>
+    /// <param name="init">Makes one worker's state.</param>
+    /// <param name="f">The function, given the worker's state and the item.</param>
+    /// <param name="dispose">Releases one worker's state (optional).</param>
+    /// <param name="workers">How many workers (each with its own state) call it at once (1 to 10,000).</param>
+    /// <param name="capacity">How many results may wait for the next stage (0 = unbounded).</param>
+    /// <param name="ordered">Whether results leave in input order.</param>
+    /// <param name="name">The stage's name in errors.</param>
+    /// <param name="timeout">How long one call may run (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>).</param>
+    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>).</param>
+    /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
+    public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
+        Func<TState> init, Func<TState, TIn, TOut> f, Action<TState>? dispose = null, int workers = 1, int capacity = DefaultCapacity,
+        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        new(Core.Stage.mapWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+
+    /// <summary>
+    /// An async map stage with per-worker state: <paramref name="init"/> runs once per async worker
+    /// before its first item, <paramref name="dispose"/> when the worker ends; <paramref name="f"/> gets
+    /// the state, the item and the token (the run's, or the item's under a <c>timeout</c>).
+    /// </summary>
+    /// <inheritdoc cref="MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
+        Func<TState> init, Func<TState, TIn, CancellationToken, Task<TOut>> f, Action<TState>? dispose = null, int workers = 1,
+        int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null,
+        FailureCounts? counts = null) =>
+        new(Core.Stage.mapTaskWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+
+    /// <summary>
     /// An async function with <c>multiprocess: true</c> (the parameter is there so that overloads resolve
     /// as for blocking functions): the core refuses it, as Pyper does, with an ArgumentException that says why.
     /// </summary>
     private static Pipeline<TIn, TOut> RefuseProcesses<TIn, TOut>(
         Func<TIn, Task<TOut>> f, int workers, int capacity, bool ordered, string? name)
     {
-        Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(true));
+        Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(true), null, null, null);
         throw new System.Diagnostics.UnreachableException("the core refuses async functions for worker processes");
     }
 }

@@ -27,10 +27,13 @@ let private all =
             DistributedTests.tests
             ObservabilityTests.tests
             ProgressTests.tests
+            PolicyTests.tests
+            PolicyTimeoutTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All
             Pyper.CSharp.Tests.ProcessHardeningTests.All
+            Pyper.CSharp.Tests.PolicyTests.All
         ]
 
 /// Runs every test; under build.fsx the counts go to a file and build.fsx prints the closing line.

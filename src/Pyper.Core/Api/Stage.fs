@@ -77,6 +77,124 @@ module internal Build =
         notNull kind name (box f)
         Interpreter.stage (info kind Executor.Thread joins workers capacity ordered name) (ThreadExecutor loop)
 
+    /// The blocking map loop for `f`: the plain one, or the policy-aware one.
+    let threadLoop (policy: StagePolicy<'a> option) (f: 'a -> 'b) =
+        match policy with
+        | None -> Loops.mapThread f
+        | Some p -> Policies.mapThread p f
+
+    /// The async map loop for `g`: the plain one, or the policy-aware one.
+    let poolLoop (policy: StagePolicy<'a> option) (g: 'a -> CancellationToken -> ValueTask<'b>) =
+        match policy with
+        | None -> Loops.mapPool g
+        | Some p -> Policies.mapPool p g
+
+    /// Refuses a null `init` or `dispose` of a stage with per-worker state.
+    let stateChecks (name: string option) (init: obj) (dispose: obj option) =
+        if isNull init then
+            raise (ArgumentNullException("init", $"{describe name StageKind.Map}: init is null."))
+
+        match dispose with
+        | Some d when isNull d ->
+            raise (ArgumentNullException("dispose", $"{describe name StageKind.Map}: dispose is null."))
+        | _ -> ()
+
+    /// A blocking map stage with per-worker state: `init` on each worker's thread before its
+    /// first item, `dispose` on it when the worker ends.
+    let mapThreadWithState
+        (init: unit -> 's)
+        (f: 's -> 'a -> 'b)
+        (dispose: ('s -> unit) option)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name (box f)
+        stateChecks name (box init) (Option.map box dispose)
+        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let loop (env: WorkerEnv<'a, 'b>) =
+            let s = init ()
+
+            try
+                threadLoop policy (f s) env
+            finally
+                dispose |> Option.iter (fun d -> d s)
+
+        Interpreter.stage info (ThreadExecutor loop)
+
+    /// An async map stage with per-worker state: `init` once per async worker before its first
+    /// item, `dispose` when the worker ends.
+    let mapPoolWithState
+        (init: unit -> 's)
+        (f: 's -> 'a -> CancellationToken -> Task<'b>)
+        (dispose: ('s -> unit) option)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name (box f)
+        stateChecks name (box init) (Option.map box dispose)
+        let info = info StageKind.Map Executor.Async false workers capacity ordered name
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let loop (env: WorkerEnv<'a, 'b>) : Task =
+            task {
+                let s = init ()
+
+                try
+                    do! poolLoop policy (fun x ct -> ValueTask<'b>(NullResult.task (f s x ct))) env
+                finally
+                    dispose |> Option.iter (fun d -> d s)
+            }
+
+        Interpreter.stage info (AsyncExecutor loop)
+
+    /// A blocking map stage on dedicated threads: the plain loop, or the policy-aware one when a
+    /// timeout or failure policy is set.
+    let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts =
+        notNull StageKind.Map name (box f)
+        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
+
+        let loop =
+            match Policies.check (describe name StageKind.Map) timeout onError counts with
+            | None -> Loops.mapThread f
+            | Some p -> Policies.mapThread p f
+
+        Interpreter.stage info (ThreadExecutor loop)
+
+    /// An async map stage (`g` is the function as called with a token): the plain loop, or the
+    /// policy-aware one when a timeout or failure policy is set.
+    let mapPool
+        (f: obj)
+        (g: 'a -> CancellationToken -> ValueTask<'b>)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name f
+        let info = info StageKind.Map Executor.Async false workers capacity ordered name
+
+        let loop =
+            match Policies.check (describe name StageKind.Map) timeout onError counts with
+            | None -> Loops.mapPool g
+            | Some p -> Policies.mapPool p g
+
+        Interpreter.stage info (AsyncExecutor loop)
+
     /// A stage whose workers are async loops (`loop`) on the thread pool.
     let pool kind joins f workers capacity ordered name loop =
         notNull kind name (box f)
@@ -179,14 +297,24 @@ module internal Build =
 
 [<AbstractClass; Sealed>]
 type Stage =
-    static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+    static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts) =
         if defaultArg multiprocess false then
+            if timeout.IsSome || onError.IsSome then
+                raise (
+                    ArgumentException(
+                        $"{Build.describe name StageKind.Map}: timeout and onError are not yet available on worker processes; run the stage on threads (multiprocess = false) for them.",
+                        (if timeout.IsSome then "timeout" else "onError")
+                    )
+                )
+
             Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
         else
-            Build.thread StageKind.Map false f workers capacity ordered name (Loops.mapThread f)
+            Build.mapThread f workers capacity ordered name timeout onError counts
 
-    static member mapFunc(f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
-        if defaultArg multiprocess false then
+    static member mapFunc
+        (f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts)
+        =
+        if defaultArg multiprocess false && timeout.IsNone && onError.IsNone then
             Build.processStage<'a, 'b> (box f) (fun () -> Build.delegateRef f) workers capacity ordered name
         else
             Stage.map (
@@ -194,48 +322,90 @@ type Stage =
                 ?workers = workers,
                 ?capacity = capacity,
                 ?ordered = ordered,
-                ?name = name
+                ?name = name,
+                ?multiprocess = multiprocess,
+                ?timeout = timeout,
+                ?onError = onError,
+                ?counts = counts
             )
 
-    static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool
-            StageKind.Map
-            false
-            f
+    static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
+        Build.mapPool
+            (box f)
+            (fun x _ -> ValueTask<'b>(NullResult.task (f x)))
             workers
             capacity
             ordered
             name
-            (Loops.mapPool (fun x _ -> ValueTask<'b>(NullResult.task (f x))))
+            timeout
+            onError
+            counts
 
-    static member mapTask(f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool
-            StageKind.Map
-            false
-            f
+    static member mapTask
+        (f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
+        =
+        Build.mapPool
+            (box f)
+            (fun x ct -> ValueTask<'b>(NullResult.task (f x ct)))
             workers
             capacity
             ordered
             name
-            (Loops.mapPool (fun x ct -> ValueTask<'b>(NullResult.task (f x ct))))
+            timeout
+            onError
+            counts
 
-    static member mapValueTask(f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool (fun x _ -> f x))
+    static member mapValueTask
+        (f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
+        =
+        Build.mapPool (box f) (fun x _ -> f x) workers capacity ordered name timeout onError counts
 
-    static member mapValueTask(f: 'a -> CancellationToken -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool StageKind.Map false f workers capacity ordered name (Loops.mapPool f)
+    static member mapValueTask
+        (f: 'a -> CancellationToken -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
+        =
+        Build.mapPool (box f) f workers capacity ordered name timeout onError counts
 
-    static member mapAsync(f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.pool
-            StageKind.Map
-            false
-            f
+    static member mapAsync(f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
+        Build.mapPool
+            (box f)
+            (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct)))
             workers
             capacity
             ordered
             name
-            (Loops.mapPool (fun x ct ->
-                ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct))))
+            timeout
+            onError
+            counts
+
+    static member mapWithState
+        (
+            init: unit -> 's,
+            f: 's -> 'a -> 'b,
+            ?dispose,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts
+        ) =
+        Build.mapThreadWithState init f dispose workers capacity ordered name timeout onError counts
+
+    static member mapTaskWithState
+        (
+            init: unit -> 's,
+            f: 's -> 'a -> CancellationToken -> Task<'b>,
+            ?dispose,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts
+        ) =
+        Build.mapPoolWithState init f dispose workers capacity ordered name timeout onError counts
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)

@@ -35,6 +35,16 @@ module internal Build =
 ///   are added). Items in flight per stage never exceed `capacity` + the next stage's workers.
 /// - `ordered`: results leave in input order even with many workers (default false: as ready).
 /// - `name`: the stage's name in errors and diagnostics (default: kind and position, e.g. "map #2").
+///
+/// Map stages (threads and async; not yet worker processes) also take, for production runs:
+/// - `timeout`: how long one call may run (positive, at most about 49.7 days). A call that runs
+///   longer fails its item with a TimeoutException naming the stage and the item's input position.
+///   An async function's token is cancelled at the timeout; a blocking function cannot be stopped,
+///   so its call runs on a helper thread that is abandoned (and counted) when it is late, and the
+///   worker goes on with a fresh one.
+/// - `onError`: what to do with an item whose call failed (`OnError`: Fail, the default; Retry
+///   with exponential backoff and jitter; Skip; DeadLetter).
+/// - `counts`: a `FailureCounts` that counts retries, skipped and dead-lettered items, time-outs.
 [<AbstractClass; Sealed>]
 type Stage =
     /// A stage that calls a blocking function once per item, on dedicated threads, or, with
@@ -43,36 +53,124 @@ type Stage =
     /// a compiled assembly, or a lambda there that captures nothing; items and results travel as JSON.
     /// Anything else (a capturing closure, a function defined in FSI, an async function) is refused here.
     static member map:
-        f: ('a -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
+        f: ('a -> 'b) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
     /// `map` for a .NET delegate (the C# facade's entry point): with `multiprocess = true`, the
     /// delegate must be a static method or a lambda that captures nothing, in a compiled assembly.
     static member mapFunc:
-        f: Func<'a, 'b> * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
+        f: Func<'a, 'b> *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item.
     static member mapTask:
-        f: ('a -> Task<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: ('a -> Task<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item, passing the run's cancellation token.
     static member mapTask:
-        f: ('a -> CancellationToken -> Task<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+        f: ('a -> CancellationToken -> Task<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a ValueTask-returning function once per item.
     static member mapValueTask:
-        f: ('a -> ValueTask<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: ('a -> ValueTask<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
 
     /// A stage that awaits a ValueTask-returning function once per item, passing the run's cancellation token.
     static member mapValueTask:
-        f: ('a -> CancellationToken -> ValueTask<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string ->
+        f: ('a -> CancellationToken -> ValueTask<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
     /// A stage that runs an F# Async function once per item; the run's cancellation flows into it.
     static member mapAsync:
-        f: ('a -> Async<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: ('a -> Async<'b>) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
+
+    /// A blocking map stage with per-worker state: `init` runs once per worker, on the worker's
+    /// thread, before its first item; `f` gets that worker's state with each item; `dispose`
+    /// (optional) runs on the same thread when the worker ends, also when the run fails or is
+    /// cancelled. With a `timeout`, the calls run on the worker's helper thread (see `timeout`):
+    /// the state must then not depend on the thread. An exception in `init` fails the run.
+    static member mapWithState:
+        init: (unit -> 's) *
+        f: ('s -> 'a -> 'b) *
+        ?dispose: ('s -> unit) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
+
+    /// An async map stage with per-worker state (see `mapWithState`): `init` runs once per async
+    /// worker before its first item, `dispose` when the worker ends; `f` gets the state, the item
+    /// and the token (the run's, or the item's under a `timeout`).
+    static member mapTaskWithState:
+        init: (unit -> 's) *
+        f: ('s -> 'a -> CancellationToken -> Task<'b>) *
+        ?dispose: ('s -> unit) *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
 
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's `branch=True`). As the first stage, it generates the data from the run's input.
