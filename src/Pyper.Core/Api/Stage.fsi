@@ -6,21 +6,6 @@ open System.Collections.Generic
 open System.Threading
 open System.Threading.Tasks
 
-/// Stage builders shared with other executors' packages (Pyper.Distributed).
-module internal Build =
-    /// A map stage whose workers run in other processes (`kind`); checks the options, refuses what a
-    /// worker process cannot re-create (`locate` explains why), and runs on `executor`.
-    val remoteStage<'a, 'b> :
-        kind: Executor ->
-        executor: (FunctionRef -> StageExecutor<'a, 'b>) ->
-        f: obj ->
-        locate: (unit -> Result<FunctionRef, string>) ->
-        workers: int option ->
-        capacity: int option ->
-        ordered: bool option ->
-        name: string option ->
-            Pipeline<'a, 'b>
-
 /// Builds one-stage pipelines from plain functions. The function's shape picks the executor:
 /// a blocking function runs on dedicated threads (one per worker); a Task, ValueTask or
 /// F# Async function runs as async workers on the thread pool.

@@ -1,0 +1,298 @@
+namespace Pyper.FSharp
+
+open Pyper
+open System
+open System.Collections.Generic
+open System.Threading
+open System.Threading.Tasks
+
+/// The stage builders behind `Stage`: option checks, the executor each function shape runs on,
+/// and the remote stages other executors' packages (Pyper.Distributed) build on.
+module internal Build =
+    let describe (name: string option) (kind: StageKind) =
+        match name with
+        | Some n -> $"Stage '{n}' ({StageInfo.label kind})"
+        | None -> $"A {StageInfo.label kind} stage"
+
+    /// Refuses a null function, naming the stage.
+    let notNull (kind: StageKind) (name: string option) (f: obj) =
+        if isNull f then
+            raise (ArgumentNullException("f", $"{describe name kind}: the function is null."))
+
+    /// Checks a stage's options and returns its description; throws ArgumentException naming the stage and option.
+    let info (kind: StageKind) (executor: Executor) (joins: bool) workers capacity ordered (name: string option) =
+        let workers = defaultArg workers 1
+        let capacity = defaultArg capacity StageDefaults.Capacity
+        let ordered = defaultArg ordered false
+        let stage = describe name kind
+
+        match name with
+        | Some n when String.IsNullOrWhiteSpace n ->
+            raise (ArgumentException($"A {StageInfo.label kind} stage: name must not be empty or blank.", "name"))
+        | _ -> ()
+
+        if workers < 1 then
+            raise (ArgumentOutOfRangeException("workers", workers, $"{stage}: workers must be at least 1."))
+
+        let most =
+            if executor = Executor.Process then
+                Tuning.MaxProcessWorkers
+            else
+                Tuning.MaxWorkers
+
+        if workers > most then
+            let what =
+                if executor = Executor.Process then
+                    "worker processes"
+                else
+                    "workers in one process"
+
+            raise (
+                ArgumentOutOfRangeException(
+                    "workers",
+                    workers,
+                    $"{stage}: workers must be at most {most} ({what}); got {workers}."
+                )
+            )
+
+        if capacity < 0 then
+            raise (
+                ArgumentOutOfRangeException(
+                    "capacity",
+                    capacity,
+                    $"{stage}: capacity must be 0 (unbounded) or a positive number of items."
+                )
+            )
+
+        if ordered && joins && workers > 1 then
+            raise (
+                ArgumentException(
+                    $"{stage}: ordered needs workers = 1, because each of the {workers} workers reads its own share of the input and their results have no common order.",
+                    "ordered"
+                )
+            )
+
+        StageInfo.create name kind executor workers capacity ordered
+
+    /// A stage whose workers are dedicated threads running `loop`.
+    let thread kind joins f workers capacity ordered name loop =
+        notNull kind name (box f)
+        Interpreter.stage (info kind Executor.Thread joins workers capacity ordered name) (ThreadExecutor loop)
+
+    /// The blocking map loop for `f`: the plain one, or the policy-aware one.
+    let threadLoop (policy: StagePolicy<'a> option) (f: 'a -> 'b) =
+        match policy with
+        | None -> Loops.mapThread f
+        | Some p -> Policies.mapThread p f
+
+    /// The async map loop for `g`: the plain one, or the policy-aware one.
+    let poolLoop (policy: StagePolicy<'a> option) (g: 'a -> CancellationToken -> ValueTask<'b>) =
+        match policy with
+        | None -> Loops.mapPool g
+        | Some p -> Policies.mapPool p g
+
+    /// Refuses a null `init` or `dispose` of a stage with per-worker state.
+    let stateChecks (name: string option) (init: obj) (dispose: obj option) =
+        if isNull init then
+            raise (ArgumentNullException("init", $"{describe name StageKind.Map}: init is null."))
+
+        match dispose with
+        | Some d when isNull d ->
+            raise (ArgumentNullException("dispose", $"{describe name StageKind.Map}: dispose is null."))
+        | _ -> ()
+
+    /// A blocking map stage with per-worker state: `init` on each worker's thread before its
+    /// first item, `dispose` on it when the worker ends.
+    let mapThreadWithState
+        (init: unit -> 's)
+        (f: 's -> 'a -> 'b)
+        (dispose: ('s -> unit) option)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name (box f)
+        stateChecks name (box init) (Option.map box dispose)
+        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let loop (env: WorkerEnv<'a, 'b>) =
+            let s = init ()
+
+            try
+                threadLoop policy (f s) env
+            finally
+                dispose |> Option.iter (fun d -> d s)
+
+        Interpreter.stage info (ThreadExecutor loop)
+
+    /// An async map stage with per-worker state: `init` once per async worker before its first
+    /// item, `dispose` when the worker ends.
+    let mapPoolWithState
+        (init: unit -> 's)
+        (f: 's -> 'a -> CancellationToken -> Task<'b>)
+        (dispose: ('s -> unit) option)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name (box f)
+        stateChecks name (box init) (Option.map box dispose)
+        let info = info StageKind.Map Executor.Async false workers capacity ordered name
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let loop (env: WorkerEnv<'a, 'b>) : Task =
+            task {
+                let s = init ()
+
+                try
+                    do! poolLoop policy (fun x ct -> ValueTask<'b>(NullResult.task (f s x ct))) env
+                finally
+                    dispose |> Option.iter (fun d -> d s)
+            }
+
+        Interpreter.stage info (AsyncExecutor loop)
+
+    /// A blocking map stage on dedicated threads: the plain loop, or the policy-aware one when a
+    /// timeout or failure policy is set.
+    let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts =
+        notNull StageKind.Map name (box f)
+        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
+
+        let loop =
+            match Policies.check (describe name StageKind.Map) timeout onError counts with
+            | None -> Loops.mapThread f
+            | Some p -> Policies.mapThread p f
+
+        Interpreter.stage info (ThreadExecutor loop)
+
+    /// An async map stage (`g` is the function as called with a token): the plain loop, or the
+    /// policy-aware one when a timeout or failure policy is set.
+    let mapPool
+        (f: obj)
+        (g: 'a -> CancellationToken -> ValueTask<'b>)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        =
+        notNull StageKind.Map name f
+        let info = info StageKind.Map Executor.Async false workers capacity ordered name
+
+        let loop =
+            match Policies.check (describe name StageKind.Map) timeout onError counts with
+            | None -> Loops.mapPool g
+            | Some p -> Policies.mapPool p g
+
+        Interpreter.stage info (AsyncExecutor loop)
+
+    /// A stage whose workers are async loops (`loop`) on the thread pool.
+    let pool kind joins f workers capacity ordered name loop =
+        notNull kind name (box f)
+        Interpreter.stage (info kind Executor.Async joins workers capacity ordered name) (AsyncExecutor loop)
+
+    let private isAsync (t: Type) =
+        typeof<Task>.IsAssignableFrom t
+        || t = typeof<ValueTask>
+        || (t.IsGenericType
+            && (t.GetGenericTypeDefinition() = typedefof<ValueTask<_>>
+                || t.GetGenericTypeDefinition() = typedefof<Async<_>>))
+
+    /// A map stage whose workers run in other processes (`kind`: on this machine or distributed);
+    /// `locate` finds how a worker re-creates the function, `executor` makes the stage's executor.
+    let remoteStage<'a, 'b>
+        (kind: Executor)
+        (executor: FunctionRef -> StageExecutor<'a, 'b>)
+        (f: obj)
+        (locate: unit -> Result<FunctionRef, string>)
+        workers
+        capacity
+        ordered
+        name
+        =
+        notNull StageKind.Map name f
+        let info = info StageKind.Map kind false workers capacity ordered name
+        let stage = describe name StageKind.Map
+
+        if isAsync typeof<'b> then
+            raise (
+                ArgumentException(
+                    $"{stage}: an async function (returning {typeof<'b>.Name}) cannot run in worker processes, as in Pyper: run it on the async executor (Stage.mapTask) instead.",
+                    "multiprocess"
+                )
+            )
+
+        // Before the function: an item type that cannot cross makes any function useless.
+        WireTypes.check stage "parameter" typeof<'a>
+        WireTypes.check stage "result" typeof<'b>
+
+        match locate () with
+        | Ok fref -> Interpreter.stage info (executor fref)
+        | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
+
+    /// How a worker re-creates a delegate, refusing a method whose own types are not the stage's
+    /// (a worker process reads items as the method's own types).
+    let delegateRef<'a, 'b> (f: Func<'a, 'b>) =
+        let m = f.Method
+        let ps = m.GetParameters()
+
+        if
+            ps.Length = 1
+            && (ps[0].ParameterType <> typeof<'a> || m.ReturnType <> typeof<'b>)
+        then
+            Error
+                $"the method takes {ps[0].ParameterType} and returns {m.ReturnType}, but the stage's items are {typeof<'a>} and its results {typeof<'b>}: wrap it in a lambda of the stage's own types"
+        else
+            FunctionRefs.ofDelegate f
+
+    /// A map stage whose workers are processes on this machine.
+    let processStage<'a, 'b> f locate workers capacity ordered name =
+        remoteStage<'a, 'b>
+            Executor.Process
+            (fun fref -> ProcessExecutor<'a, 'b> fref)
+            f
+            locate
+            workers
+            capacity
+            ordered
+            name
+
+    let one (x: 'T) = Seq.singleton x
+
+    let oneAsync (t: Task<'T>) : IAsyncEnumerable<'T> =
+        { new IAsyncEnumerable<'T> with
+            member _.GetAsyncEnumerator _ =
+                let mutable state = 0
+                let mutable current = Unchecked.defaultof<'T>
+
+                { new IAsyncEnumerator<'T> with
+                    member _.Current = current
+
+                    member _.MoveNextAsync() =
+                        if state = 0 then
+                            state <- 1
+
+                            ValueTask<bool>(
+                                task {
+                                    let! v = NullResult.task t
+                                    current <- v
+                                    return true
+                                }
+                            )
+                        else
+                            ValueTask<bool>(false)
+                  interface IAsyncDisposable with
+                      member _.DisposeAsync() = ValueTask()
+                }
+        }
