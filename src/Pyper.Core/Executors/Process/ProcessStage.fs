@@ -34,7 +34,7 @@ module internal ProcessWorkers =
                 w.Close false
                 return! connect fref stage token
             | :? IOException ->
-                let code = WorkerPool.exitCode w.Process
+                let! code = WorkerPool.exitCode w.Process
                 w.Close false
                 return raise (WorkerPool.crash stage pid code)
             | e ->
@@ -63,7 +63,11 @@ module internal ProcessWorkers =
                 let first = Interlocked.CompareExchange(&crash.contents, e, Unchecked.defaultof<_>)
                 if isNull (box first) then e else first
 
-            let crashed () = crashWith (WorkerPool.exitCode proc)
+            let crashed () : Task<exn> =
+                task {
+                    let! code = WorkerPool.exitCode proc
+                    return crashWith code :> exn
+                }
 
             // A worker that dies while idle fails the run at once, not at its next batch.
             worker.OnExit <- Action(fun () -> env.Ctx.Fail(env.Name, crashWith (Nullable proc.ExitCode)))
@@ -105,7 +109,8 @@ module internal ProcessWorkers =
                                         do! Wire.writeMemory stream Wire.Batch buffer.Value.WrittenMemory token
                                         return! Wire.read stream token
                                     with :? IOException ->
-                                        return raise (crashed ())
+                                        let! e = crashed ()
+                                        return raise e
                                 }
 
                             match reply with
@@ -132,7 +137,9 @@ module internal ProcessWorkers =
                                 Array.blit results 0 output sent k
                                 sent <- sent + k
                             | Some(_, reply) -> raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan reply))
-                            | None -> raise (crashed ())
+                            | None ->
+                                let! e = crashed ()
+                                raise e
 
                         if buffer.Value.Capacity > 2 * Wire.BatchBytes then
                             buffer.Value <- Buffers.ArrayBufferWriter<byte>()

@@ -126,12 +126,18 @@ module internal WorkerPool =
             code
         )
 
-    /// The exit code of a worker process that is going away (it gets a second to exit), or null.
-    let exitCode (proc: Process) =
-        if proc.WaitForExit 1000 then
-            Nullable proc.ExitCode
-        else
-            Nullable()
+    /// The exit code of a worker process that is going away (it gets a second to exit), or null;
+    /// awaited, so that no thread blocks while it exits.
+    let exitCode (proc: Process) : Task<Nullable<int>> =
+        task {
+            use timeout = new CancellationTokenSource(1000)
+
+            try
+                do! proc.WaitForExitAsync timeout.Token
+                return Nullable proc.ExitCode
+            with :? OperationCanceledException ->
+                return Nullable()
+        }
 
     /// Starts a worker process and waits until it connects (or exits, or the run stops);
     /// `listening` is called with the channel's address before the process starts (tests).
