@@ -269,9 +269,10 @@ module internal RemoteFailures =
                     Results = results
                 }
 
-    /// Compiles the capture and encoding path once per process, on a pool thread, so that a
-    /// worker's first failure reaches its parent as fast as a batch's results do (cold, encoding
-    /// one exception costs tens of milliseconds of JIT, while other workers' results flow).
+    /// Compiles the capture and encoding path once per process, on a pool thread (cold, encoding
+    /// one exception costs tens of milliseconds of JIT). Worker processes do not call it: twenty
+    /// workers warming up at start made the README example about 0.3 s slower; the parent's side
+    /// (`RemoteExceptions.warmUp`) uses it once.
     let warmUp =
         let once =
             lazy

@@ -101,7 +101,6 @@ module internal ProcessHost =
         resolveIn AppContext.BaseDirectory
 
         use stream = new NetworkStream(WorkerChannel.connect (arg "--socket"), true)
-        RemoteFailures.warmUp ()
         let mutable run = Unchecked.defaultof<IBatchRunner>
         let mutable go = true
 
