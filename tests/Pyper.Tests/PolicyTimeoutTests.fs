@@ -112,12 +112,18 @@ let private timeouts =
             let p =
                 Stage.map (f, timeout = patience, onError = OnError.Skip, counts = counts, name = "p")
 
-            let results = collect (Pipeline.toSeqFrom [ 1..10 ] p)
-            Expect.equal (sorted results) [ 1; 2; 4; 5; 6; 7; 8; 9; 10 ] "the others delivered"
-            Expect.equal counts.TimedOut 1L "one time-out"
-            Expect.equal counts.AbandonedThreads 1L "one thread abandoned"
-            Expect.equal (callThreads ()).Length 1 "the stuck thread is still in its call"
-            gate.Set()
+            // The gate opens whatever happens, so that a failed check leaves no thread stuck.
+            try
+                let results = collect (Pipeline.toSeqFrom [ 1..10 ] p)
+                Expect.equal (sorted results) [ 1; 2; 4; 5; 6; 7; 8; 9; 10 ] "the others delivered"
+                Expect.equal counts.TimedOut 1L "one time-out"
+                Expect.equal counts.AbandonedThreads 1L "one thread abandoned"
+                // The fresh thread has been joined, but an exited thread may linger in /proc for
+                // an instant: wait until only the stuck one is there.
+                waitUntil "only the stuck thread to be left in its call" (fun () -> (callThreads ()).Length = 1)
+            finally
+                gate.Set()
+
             waitUntil "the abandoned thread to end once its call returns" (fun () -> Array.isEmpty (callThreads ())))
 
         leakTest "threads: a stuck call fails the run by default, naming stage and position" (fun () ->
@@ -130,8 +136,13 @@ let private timeouts =
                 x
 
             let p = Stage.map (f, timeout = patience, name = "p", workers = 2)
-            let e = catchExn (fun () -> collect (Pipeline.toSeqFrom [ 1..10 ] p) |> ignore)
-            gate.Set()
+
+            let e =
+                try
+                    catchExn (fun () -> collect (Pipeline.toSeqFrom [ 1..10 ] p) |> ignore)
+                finally
+                    gate.Set()
+
             isTimeout 6 e
             waitUntil "the abandoned thread to end" (fun () -> Array.isEmpty (callThreads ())))
 
@@ -174,8 +185,12 @@ let private timeouts =
                             name = "p"
                         )
 
-                let results = collect (Pipeline.toSeqFrom [ 1..5 ] p)
-                gate.Set()
+                let results =
+                    try
+                        collect (Pipeline.toSeqFrom [ 1..5 ] p)
+                    finally
+                        gate.Set()
+
                 Expect.equal (sorted results) [ 1..5 ] "all delivered"
                 Expect.equal counts.TimedOut 1L "one time-out"
                 Expect.equal counts.Retries 1L "one retry"
