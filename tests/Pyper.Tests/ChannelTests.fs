@@ -33,33 +33,7 @@ let private newFolder (name: string) =
 
 /// The ProcessProbe, in `run` mode, under the given TMPDIR: its exit code and output.
 let private probeRun (tmpdir: string) =
-    let here = Path.GetDirectoryName(typeof<Reading>.Assembly.Location)
-    let config = DirectoryInfo(here).Parent.Name
-
-    let probe =
-        Path.GetFullPath(
-            Path.Combine(
-                here,
-                "..",
-                "..",
-                "..",
-                "..",
-                "Pyper.ProcessProbe",
-                "bin",
-                config,
-                "net10.0",
-                "Pyper.ProcessProbe.dll"
-            )
-        )
-
-    let psi =
-        ProcessStartInfo("dotnet", UseShellExecute = false, RedirectStandardOutput = true)
-
-    psi.ArgumentList.Add "exec"
-    psi.ArgumentList.Add probe
-    psi.ArgumentList.Add "run"
-    psi.Environment["TMPDIR"] <- tmpdir
-    use p = Process.Start psi
+    use p = ProcessTests.startProbe [ "run" ] tmpdir
 
     withinGuard "the probe's run" (fun () ->
         task {

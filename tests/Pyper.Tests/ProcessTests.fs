@@ -51,6 +51,40 @@ module Remote =
 /// A test that checks threads, tasks and worker processes afterwards.
 let processTest name body = leakTest name body
 
+/// Starts the ProcessProbe (tests/Pyper.ProcessProbe, built beside this test program) with `args`
+/// and `tmpdir` as its TMPDIR, its output redirected.
+let startProbe (args: string list) (tmpdir: string) =
+    let here = Path.GetDirectoryName(typeof<Reading>.Assembly.Location)
+    let config = DirectoryInfo(here).Parent.Name
+
+    let probe =
+        Path.GetFullPath(
+            Path.Combine(
+                here,
+                "..",
+                "..",
+                "..",
+                "..",
+                "Pyper.ProcessProbe",
+                "bin",
+                config,
+                "net10.0",
+                "Pyper.ProcessProbe.dll"
+            )
+        )
+
+    let psi =
+        ProcessStartInfo("dotnet", UseShellExecute = false, RedirectStandardOutput = true)
+
+    psi.ArgumentList.Add "exec"
+    psi.ArgumentList.Add probe
+
+    for a in args do
+        psi.ArgumentList.Add a
+
+    psi.Environment["TMPDIR"] <- tmpdir
+    Process.Start psi
+
 /// How long a run may take to fail after one of its worker processes is killed. The crash path
 /// itself may wait: up to 1 s for the dead worker's exit code (WorkerPool.exitCode), then up to
 /// 2 s for it to exit when it is closed (WorkerProcess.Close) before the run's other workers are
@@ -265,36 +299,11 @@ let tests =
                         Array.isEmpty (workerProcesses Environment.ProcessId))))
 
             processTest "workers exit on their own when their parent is killed, leaving nothing in TMPDIR" (fun () ->
-                let here = Path.GetDirectoryName(typeof<Reading>.Assembly.Location)
-                let config = DirectoryInfo(here).Parent.Name
-
-                let probe =
-                    Path.GetFullPath(
-                        Path.Combine(
-                            here,
-                            "..",
-                            "..",
-                            "..",
-                            "..",
-                            "Pyper.ProcessProbe",
-                            "bin",
-                            config,
-                            "net10.0",
-                            "Pyper.ProcessProbe.dll"
-                        )
-                    )
-
-                let psi =
-                    ProcessStartInfo("dotnet", UseShellExecute = false, RedirectStandardOutput = true)
-
-                psi.ArgumentList.Add "exec"
-                psi.ArgumentList.Add probe
                 // A TMPDIR of its own, to see what a killed parent leaves in it.
                 let tmp =
                     Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), $"killed-{Guid.NewGuid():N}")).FullName
 
-                psi.Environment["TMPDIR"] <- tmp
-                use parent = Process.Start psi
+                use parent = startProbe [] tmp
                 Expect.equal (parent.StandardOutput.ReadLine()) "started" "the probe started"
                 waitUntil "the probe's two workers" (fun () -> (workerProcesses parent.Id).Length = 2)
                 let workers = workerProcesses parent.Id
