@@ -167,12 +167,8 @@ module internal Build =
         notNull StageKind.Map name (box f)
         let info = info StageKind.Map Executor.Thread false workers capacity ordered name
 
-        let loop =
-            match Policies.check (describe name StageKind.Map) timeout onError counts with
-            | None -> Loops.mapThread f
-            | Some p -> Policies.mapThread p f
-
-        Interpreter.stage info (ThreadExecutor loop)
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+        Interpreter.stage info (ThreadExecutor(threadLoop policy f))
 
     /// An async map stage (`g` is the function as called with a token): the plain loop, or the
     /// policy-aware one when a timeout or failure policy is set.
@@ -190,12 +186,8 @@ module internal Build =
         notNull StageKind.Map name f
         let info = info StageKind.Map Executor.Async false workers capacity ordered name
 
-        let loop =
-            match Policies.check (describe name StageKind.Map) timeout onError counts with
-            | None -> Loops.mapPool g
-            | Some p -> Policies.mapPool p g
-
-        Interpreter.stage info (AsyncExecutor loop)
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+        Interpreter.stage info (AsyncExecutor(poolLoop policy g))
 
     /// A stage whose workers are async loops (`loop`) on the thread pool.
     let pool kind joins f workers capacity ordered name loop =
