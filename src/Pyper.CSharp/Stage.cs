@@ -2,6 +2,7 @@ using System;
 using Microsoft.FSharp.Core;
 using System.Collections.Generic;
 using System.Threading;
+using System.Threading.RateLimiting;
 using System.Threading.Tasks;
 using static Pyper.Interop;
 using Core = Pyper.FSharp;
@@ -19,7 +20,7 @@ namespace Pyper;
 /// next stage, Pyper's <c>throttle</c>; 0 = unbounded), <c>ordered</c> (results leave in input order)
 /// and <c>name</c> (used in errors). Map stages on threads and async workers also take
 /// <c>timeout</c> (how long one call may run), <c>onError</c> (an <see cref="ErrorPolicy"/>) and
-/// <c>counts</c> (a <see cref="FailureCounts"/>); see the README's "Failures, timeouts and retries". To build without type arguments, start from
+/// <c>counts</c> (a <see cref="FailureCounts"/>) and <c>rateLimit</c> (a <see cref="RateLimiter"/>); see the README's "Failures, timeouts and retries". To build without type arguments, start from
 /// <see cref="Pipeline.Start{T}"/> and add stages fluently: the input type flows from the left.
 /// </remarks>
 public static class Stage
@@ -50,49 +51,55 @@ public static class Stage
     /// </param>
     /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). Not yet with <paramref name="multiprocess"/>.</param>
     /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
+    /// <param name="rateLimit">
+    /// A <see cref="RateLimiter"/> each call (each attempt) takes one permit from first, and gives back when it has
+    /// returned: it bounds the rate of calls, where <paramref name="workers"/> bounds how many run at once. One limiter
+    /// may be shared by several stages. A worker waits in the limiter's queue, or, when it refuses with a retry-after
+    /// time, that long before asking again; a refusal without one fails the run. Not yet with <paramref name="multiprocess"/>.
+    /// </param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         multiprocess
             ? RefuseProcesses(f, workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         multiprocess
             ? RefuseProcesses<TIn, TOut>(x => f(x, CancellationToken.None), workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
-        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
-        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's <c>branch=True</c>). As the first stage it generates the data from the run's input.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branch(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A stage whose function returns an async stream per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branchStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -102,7 +109,7 @@ public static class Stage
     /// (Pyper's <c>join=True</c>). With n workers the input is split into n partial streams and
     /// there are n results. Each stream can be enumerated once.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> Join<TIn, TOut>(
         Func<IEnumerable<TIn>, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.join(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -152,27 +159,28 @@ public static class Stage
     /// <param name="capacity">How many results may wait for the next stage (0 = unbounded).</param>
     /// <param name="ordered">Whether results leave in input order.</param>
     /// <param name="name">The stage's name in errors.</param>
-    /// <param name="timeout">How long one call may run (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>).</param>
+    /// <param name="timeout">How long one call may run (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>).</param>
     /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>).</param>
     /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
+    /// <param name="rateLimit">A limiter each call takes one permit from (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>).</param>
     public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
         Func<TState> init, Func<TState, TIn, TOut> f, Action<TState>? dispose = null, int workers = 1, int capacity = DefaultCapacity,
-        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         new(Core.Stage.mapWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
-            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>
     /// An async map stage with per-worker state: <paramref name="init"/> runs once per async worker
     /// before its first item, <paramref name="dispose"/> when the worker ends; <paramref name="f"/> gets
     /// the state, the item and the token (the run's, or the item's under a <c>timeout</c>).
     /// </summary>
-    /// <inheritdoc cref="MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
         Func<TState> init, Func<TState, TIn, CancellationToken, Task<TOut>> f, Action<TState>? dispose = null, int workers = 1,
         int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null,
-        FailureCounts? counts = null) =>
+        FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         new(Core.Stage.mapTaskWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
-            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>
     /// An async function with <c>multiprocess: true</c> (the parameter is there so that overloads resolve
@@ -181,7 +189,7 @@ public static class Stage
     private static Pipeline<TIn, TOut> RefuseProcesses<TIn, TOut>(
         Func<TIn, Task<TOut>> f, int workers, int capacity, bool ordered, string? name)
     {
-        Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(true), null, null, null);
+        Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(true), null, null, null, null);
         throw new System.Diagnostics.UnreachableException("the core refuses async functions for worker processes");
     }
 }

@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Collections.Generic;
 using System.Linq;
 using System.Threading;
+using System.Threading.RateLimiting;
 using System.Threading.Tasks;
 using Expecto;
 using static Pyper.CSharp.Tests.Check;
@@ -34,6 +35,26 @@ public static class PolicyTests
     [Tests]
     public static Test All => Expecto.CSharp.Runner.TestList("C# policies", new[]
     {
+        Case("rateLimit: every call of both fluent and Stage forms takes a permit of the limiter", async () =>
+        {
+            // The test holds the only permit and the limiter has no queue: a stage that asks for a
+            // permit is refused, which fails the run and says why.
+            using var limiter = new ConcurrencyLimiter(new ConcurrencyLimiterOptions { PermitLimit = 1, QueueLimit = 0 });
+            using var held = limiter.AttemptAcquire();
+            True(held.IsAcquired, "the test holds the permit");
+            var fluent = Pipeline.Start<int>().Map(x => x + 1, name: "api", rateLimit: limiter);
+            var error = await Throws(() => Collect(fluent.RunEach(Enumerable.Range(1, 3))));
+            True(error is InvalidOperationException, $"an InvalidOperationException, got {error}");
+            True(error.Message.Contains("Stage 'api' (map): its rate limiter refused a permit"), error.Message);
+            var tasks = Stage.Map<int, int>(async x => { await Task.Yield(); return x; }, name: "api", rateLimit: limiter);
+            error = await Throws(() => Collect(tasks.RunEach(Enumerable.Range(1, 3))));
+            True(error is InvalidOperationException, $"an InvalidOperationException, got {error}");
+            True(error.Message.Contains("rate limiter refused"), error.Message);
+            held.Dispose();
+            var results = await Collect(fluent.RunEach(Enumerable.Range(1, 3)));
+            Sequence(results.Order(), new[] { 2, 3, 4 }, "with the permit free, the run goes through");
+        }),
+
         Case("Retry then Skip on a blocking stage, counted", async () =>
         {
             var counts = new FailureCounts();

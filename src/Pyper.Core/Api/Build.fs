@@ -114,11 +114,14 @@ module internal Build =
         timeout
         onError
         counts
+        rateLimit
         =
         notNull StageKind.Map name (box f)
         stateChecks name (box init) (Option.map box dispose)
         let info = info StageKind.Map Executor.Thread false workers capacity ordered name
-        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
 
         let loop (env: WorkerEnv<'a, 'b>) =
             let s = init ()
@@ -143,11 +146,14 @@ module internal Build =
         timeout
         onError
         counts
+        rateLimit
         =
         notNull StageKind.Map name (box f)
         stateChecks name (box init) (Option.map box dispose)
         let info = info StageKind.Map Executor.Async false workers capacity ordered name
-        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
 
         let loop (env: WorkerEnv<'a, 'b>) : Task =
             task {
@@ -163,11 +169,13 @@ module internal Build =
 
     /// A blocking map stage on dedicated threads: the plain loop, or the policy-aware one when a
     /// timeout or failure policy is set.
-    let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts =
+    let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts rateLimit =
         notNull StageKind.Map name (box f)
         let info = info StageKind.Map Executor.Thread false workers capacity ordered name
 
-        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+
         Interpreter.stage info (ThreadExecutor(threadLoop policy f))
 
     /// An async map stage (`g` is the function as called with a token): the plain loop, or the
@@ -182,11 +190,14 @@ module internal Build =
         timeout
         onError
         counts
+        rateLimit
         =
         notNull StageKind.Map name f
         let info = info StageKind.Map Executor.Async false workers capacity ordered name
 
-        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+
         Interpreter.stage info (AsyncExecutor(poolLoop policy g))
 
     /// A stage whose workers are async loops (`loop`) on the thread pool.

@@ -4,28 +4,38 @@ open Pyper
 open System
 open System.Collections.Generic
 open System.Threading
+open System.Threading.RateLimiting
 open System.Threading.Tasks
 
 [<AbstractClass; Sealed>]
 type Stage =
-    static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts) =
+    static member map
+        (f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts, ?rateLimit)
+        =
         if defaultArg multiprocess false then
-            if timeout.IsSome || onError.IsSome then
+            if timeout.IsSome || onError.IsSome || rateLimit.IsSome then
                 raise (
                     ArgumentException(
-                        $"{Build.describe name StageKind.Map}: timeout and onError are not yet available on worker processes; run the stage on threads (multiprocess = false) for them.",
-                        (if timeout.IsSome then "timeout" else "onError")
+                        $"{Build.describe name StageKind.Map}: timeout, onError and rateLimit are not yet available on worker processes; run the stage on threads (multiprocess = false) for them.",
+                        (if timeout.IsSome then "timeout"
+                         elif onError.IsSome then "onError"
+                         else "rateLimit")
                     )
                 )
 
             Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
         else
-            Build.mapThread f workers capacity ordered name timeout onError counts
+            Build.mapThread f workers capacity ordered name timeout onError counts rateLimit
 
     static member mapFunc
-        (f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts)
+        (f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts, ?rateLimit)
         =
-        if defaultArg multiprocess false && timeout.IsNone && onError.IsNone then
+        if
+            defaultArg multiprocess false
+            && timeout.IsNone
+            && onError.IsNone
+            && rateLimit.IsNone
+        then
             Build.processStage<'a, 'b> (box f) (fun () -> Build.delegateRef f) workers capacity ordered name
         else
             Stage.map (
@@ -37,10 +47,13 @@ type Stage =
                 ?multiprocess = multiprocess,
                 ?timeout = timeout,
                 ?onError = onError,
-                ?counts = counts
+                ?counts = counts,
+                ?rateLimit = rateLimit
             )
 
-    static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
+    static member mapTask
+        (f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
+        =
         Build.mapPool
             (box f)
             (fun x _ -> ValueTask<'b>(NullResult.task (f x)))
@@ -51,10 +64,20 @@ type Stage =
             timeout
             onError
             counts
+            rateLimit
 
     static member mapTask
-        (f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
-        =
+        (
+            f: 'a -> CancellationToken -> Task<'b>,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit
+        ) =
         Build.mapPool
             (box f)
             (fun x ct -> ValueTask<'b>(NullResult.task (f x ct)))
@@ -65,18 +88,30 @@ type Stage =
             timeout
             onError
             counts
+            rateLimit
 
     static member mapValueTask
-        (f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
+        (f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
         =
-        Build.mapPool (box f) (fun x _ -> f x) workers capacity ordered name timeout onError counts
+        Build.mapPool (box f) (fun x _ -> f x) workers capacity ordered name timeout onError counts rateLimit
 
     static member mapValueTask
-        (f: 'a -> CancellationToken -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
-        =
-        Build.mapPool (box f) f workers capacity ordered name timeout onError counts
+        (
+            f: 'a -> CancellationToken -> ValueTask<'b>,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit
+        ) =
+        Build.mapPool (box f) f workers capacity ordered name timeout onError counts rateLimit
 
-    static member mapAsync(f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
+    static member mapAsync
+        (f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
+        =
         Build.mapPool
             (box f)
             (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct)))
@@ -87,6 +122,7 @@ type Stage =
             timeout
             onError
             counts
+            rateLimit
 
     static member mapWithState
         (
@@ -99,9 +135,10 @@ type Stage =
             ?name,
             ?timeout,
             ?onError,
-            ?counts
+            ?counts,
+            ?rateLimit
         ) =
-        Build.mapThreadWithState init f dispose workers capacity ordered name timeout onError counts
+        Build.mapThreadWithState init f dispose workers capacity ordered name timeout onError counts rateLimit
 
     static member mapTaskWithState
         (
@@ -114,9 +151,10 @@ type Stage =
             ?name,
             ?timeout,
             ?onError,
-            ?counts
+            ?counts,
+            ?rateLimit
         ) =
-        Build.mapPoolWithState init f dispose workers capacity ordered name timeout onError counts
+        Build.mapPoolWithState init f dispose workers capacity ordered name timeout onError counts rateLimit
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)

@@ -4,6 +4,7 @@ open Pyper
 open System
 open System.Collections.Generic
 open System.Threading
+open System.Threading.RateLimiting
 open System.Threading.Tasks
 
 /// Builds one-stage pipelines from plain functions. The function's shape picks the executor:
@@ -30,6 +31,13 @@ open System.Threading.Tasks
 /// - `onError`: what to do with an item whose call failed (`OnError`: Fail, the default; Retry
 ///   with exponential backoff and jitter; Skip; DeadLetter).
 /// - `counts`: a `FailureCounts` that counts retries, skipped and dead-lettered items, time-outs.
+/// - `rateLimit`: a `System.Threading.RateLimiting.RateLimiter`; each call (each attempt, retries
+///   included) first takes one permit from it, and gives the permit back (`Dispose`) when the call
+///   has returned. It bounds the rate of calls, where `workers` bounds how many run at once; one
+///   limiter may be shared by several stages (one external API's quota). A worker waits in the
+///   limiter's queue, or, when the limiter refuses with a retry-after time (a token bucket without a
+///   queue), that long before asking again; a refusal without one fails the run. Waits end at once
+///   when the run is cancelled or stopped; a permit wait is not part of the call's `timeout`.
 [<AbstractClass; Sealed>]
 type Stage =
     /// A stage that calls a blocking function once per item, on dedicated threads, or, with
@@ -46,7 +54,8 @@ type Stage =
         ?multiprocess: bool *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// `map` for a .NET delegate (the C# facade's entry point): with `multiprocess = true`, the
@@ -60,7 +69,8 @@ type Stage =
         ?multiprocess: bool *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item.
@@ -72,7 +82,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item, passing the run's cancellation token.
@@ -84,7 +95,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a ValueTask-returning function once per item.
@@ -96,7 +108,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a ValueTask-returning function once per item, passing the run's cancellation token.
@@ -108,7 +121,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that runs an F# Async function once per item; the run's cancellation flows into it.
@@ -120,7 +134,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A blocking map stage with per-worker state: `init` runs once per worker, on the worker's
@@ -138,7 +153,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// An async map stage with per-worker state (see `mapWithState`): `init` runs once per async
@@ -154,7 +170,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage whose blocking function returns many results per item, flattened downstream
