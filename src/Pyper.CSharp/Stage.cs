@@ -46,9 +46,9 @@ public static class Stage
     /// fails its item with a <see cref="TimeoutException"/> naming the stage and the item's input position.
     /// An async function's token is cancelled then; a blocking call cannot be stopped: it runs on a helper
     /// thread, which is abandoned (and counted) when it is late, and the worker goes on with a fresh one.
-    /// Not yet with <paramref name="multiprocess"/>.
+    /// With <paramref name="multiprocess"/>, a late worker process is killed and replaced.
     /// </param>
-    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). Not yet with <paramref name="multiprocess"/>.</param>
+    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). With <paramref name="multiprocess"/>, a worker process that crashes on an item fails that item (the next attempt gets a fresh process).</param>
     /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
         Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>

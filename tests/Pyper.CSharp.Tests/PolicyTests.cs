@@ -30,6 +30,9 @@ public static class PolicyTests
         return x => calls.AddOrUpdate(x, 1, (_, c) => c + 1) <= fails(x) ? throw new Planned(x) : x * 10;
     }
 
+    /// <summary>A static method for worker processes: fails on multiples of seven.</summary>
+    private static int FailOnSevens(int x) => x % 7 == 0 ? throw new InvalidOperationException($"seven at {x}") : x * 2;
+
     /// <summary>All tests of the C# policies.</summary>
     [Tests]
     public static Test All => Expecto.CSharp.Runner.TestList("C# policies", new[]
@@ -44,6 +47,17 @@ public static class PolicyTests
             Sequence(results, Enumerable.Range(1, 50).Where(x => x % 5 != 0).Select(x => x * 10), "in order, skipped left out");
             Equal(counts.Skipped, 10L, "skipped");
             Equal(counts.Retries, 20L + 20L, "retries: 2 for each multiple of 5, 1 for each other odd item");
+        }),
+
+        Case("Skip and a timeout on worker processes (multiprocess)", async () =>
+        {
+            var counts = new FailureCounts();
+            var p = Pipeline.Start<int>()
+                .Map(FailOnSevens, workers: 2, ordered: true, multiprocess: true, timeout: TimeSpan.FromSeconds(60),
+                     onError: ErrorPolicy.Skip, counts: counts);
+            var results = await Collect(p.RunEach(Enumerable.Range(1, 30)));
+            Sequence(results, Enumerable.Range(1, 30).Where(x => x % 7 != 0).Select(x => x * 2), "in order, sevens left out");
+            Equal(counts.Skipped, 4L, "skipped");
         }),
 
         Case("DeadLetter on an async stage gets item, exception and attempts", async () =>

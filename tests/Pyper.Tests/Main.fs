@@ -29,6 +29,7 @@ let private all =
             ProgressTests.tests
             PolicyTests.tests
             PolicyTimeoutTests.tests
+            ProcessPolicyTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All

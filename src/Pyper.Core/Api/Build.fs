@@ -248,11 +248,14 @@ module internal Build =
         else
             FunctionRefs.ofDelegate f
 
-    /// A map stage whose workers are processes on this machine.
-    let processStage<'a, 'b> f locate workers capacity ordered name =
+    /// A map stage whose workers are processes on this machine: the plain loop, or the
+    /// policy-aware one when a timeout or failure policy is set.
+    let processStage<'a, 'b> f locate workers capacity ordered name timeout onError counts =
+        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
         remoteStage<'a, 'b>
             Executor.Process
-            (fun fref -> ProcessExecutor<'a, 'b> fref)
+            (fun fref -> ProcessExecutor<'a, 'b>(fref, policy))
             f
             locate
             workers

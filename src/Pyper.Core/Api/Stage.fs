@@ -10,23 +10,33 @@ open System.Threading.Tasks
 type Stage =
     static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts) =
         if defaultArg multiprocess false then
-            if timeout.IsSome || onError.IsSome then
-                raise (
-                    ArgumentException(
-                        $"{Build.describe name StageKind.Map}: timeout and onError are not yet available on worker processes; run the stage on threads (multiprocess = false) for them.",
-                        (if timeout.IsSome then "timeout" else "onError")
-                    )
-                )
-
-            Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
         else
             Build.mapThread f workers capacity ordered name timeout onError counts
 
     static member mapFunc
         (f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts)
         =
-        if defaultArg multiprocess false && timeout.IsNone && onError.IsNone then
-            Build.processStage<'a, 'b> (box f) (fun () -> Build.delegateRef f) workers capacity ordered name
+        if defaultArg multiprocess false then
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> Build.delegateRef f)
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
         else
             Stage.map (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),

@@ -21,14 +21,15 @@ open System.Threading.Tasks
 /// - `ordered`: results leave in input order even with many workers (default false: as ready).
 /// - `name`: the stage's name in errors and diagnostics (default: kind and position, e.g. "map #2").
 ///
-/// Map stages (threads and async; not yet worker processes) also take, for production runs:
+/// Map stages (threads, async and worker processes) also take, for production runs:
 /// - `timeout`: how long one call may run (positive, at most about 49.7 days). A call that runs
 ///   longer fails its item with a TimeoutException naming the stage and the item's input position.
 ///   An async function's token is cancelled at the timeout; a blocking function cannot be stopped,
 ///   so its call runs on a helper thread that is abandoned (and counted) when it is late, and the
-///   worker goes on with a fresh one.
+///   worker goes on with a fresh one. A worker process that is late is killed and replaced.
 /// - `onError`: what to do with an item whose call failed (`OnError`: Fail, the default; Retry
-///   with exponential backoff and jitter; Skip; DeadLetter).
+///   with exponential backoff and jitter; Skip; DeadLetter). On worker processes a process that
+///   crashes on an item is that item's failure too (the next attempt gets a fresh process).
 /// - `counts`: a `FailureCounts` that counts retries, skipped and dead-lettered items, time-outs.
 [<AbstractClass; Sealed>]
 type Stage =

@@ -278,6 +278,7 @@ module internal Policies =
                         Wait.turn env.Turnstile ticket
 
                     Wait.write env.Output output k
+                    env.Probe.Out k
 
                     if not (isNull env.Turnstile) then
                         env.Turnstile.Advance()
@@ -330,23 +331,26 @@ module internal Policies =
                 return raise (timedOut env position t e)
         }
 
-    /// An async map stage's loop under a policy. With a timeout, items are taken one at a time
-    /// (the batch's ticket is then the item's input position).
-    let mapPool (p: StagePolicy<'a>) (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+    /// The policy loop every awaiting executor shares (async workers, worker processes): takes
+    /// items (one at a time when `single`: the batch's ticket is then the item's input position),
+    /// calls `ready` before each attempt (outside the policy: a failure there ends the worker),
+    /// then `call` with the item and its input position, and applies the policy to a failed call.
+    let mapEach
+        (p: StagePolicy<'a>)
+        (single: bool)
+        (ready: unit -> Task)
+        (call: 'a -> int64 -> Task<'b>)
+        (env: WorkerEnv<'a, 'b>)
+        : Task =
         let input = Array.zeroCreate<'a> Tuning.MaxBatch
         let output = Array.zeroCreate<'b> Tuning.MaxBatch
         let token = env.Ctx.Token
-
-        let call (x: 'a) (position: int64) : Task<'b> =
-            match p.Timeout with
-            | None -> (f x token).AsTask()
-            | Some t -> callWithin env p t f x position
 
         task {
             let mutable go = true
 
             while go do
-                let limit = if p.Timeout.IsSome then 1 else env.Sizer.Limit
+                let limit = if single then 1 else env.Sizer.Limit
                 let! struct (n, ticket) = Wait.takeAsync env.Input input limit false
 
                 if n = 0 then
@@ -363,6 +367,7 @@ module internal Policies =
 
                         while pending do
                             attempts <- attempts + 1
+                            do! ready ()
                             let mutable failure = null
 
                             try
@@ -388,6 +393,7 @@ module internal Policies =
 
                     if k > 0 then
                         do! Wait.writeAsync env.Output output k
+                        env.Probe.Out k
 
                     if not (isNull env.Turnstile) then
                         env.Turnstile.Advance()
@@ -395,3 +401,14 @@ module internal Policies =
                     Buffers.clear output k
                     env.Input.Release n
         }
+
+    /// An async map stage's loop under a policy. With a timeout, items are taken one at a time.
+    let mapPool (p: StagePolicy<'a>) (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        let token = env.Ctx.Token
+
+        let call (x: 'a) (position: int64) : Task<'b> =
+            match p.Timeout with
+            | None -> (f x token).AsTask()
+            | Some t -> callWithin env p t f x position
+
+        mapEach p p.Timeout.IsSome (fun () -> Task.CompletedTask) call env
