@@ -312,7 +312,11 @@ module internal Policies =
             try
                 return! call.WaitAsync t
             with
-            | :? TimeoutException as e when not call.IsCompleted ->
+            // WaitAsync's own timeout (the call may have ended since, cancelled by `cts`), not a
+            // TimeoutException of the call itself.
+            | :? TimeoutException as e when
+                not (call.IsFaulted && obj.ReferenceEquals(call.Exception.InnerException, e))
+                ->
                 cts.Cancel()
                 // The late call is no longer awaited: observe its failure, if it fails.
                 call.ContinueWith(
