@@ -54,6 +54,17 @@ public static class Stage
         Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
         new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
 
+    /// <summary>
+    /// A stage calling a blocking function with a bound argument and each item (Pyper's <c>bind</c>). With
+    /// <paramref name="multiprocess"/> the argument is serialized here (refused with an <see cref="ArgumentException"/>
+    /// naming <c>arg</c> when it cannot cross) and sent once to each worker process, not with every item; the function
+    /// (called with <c>arg</c> and each item) must then be a static method or a lambda that captures nothing.
+    /// </summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    public static Pipeline<TIn, TOut> MapBound<TArg, TIn, TOut>(
+        Func<TArg, TIn, TOut> f, TArg arg, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        new(Core.Stage.mapBoundFunc(f, arg, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(

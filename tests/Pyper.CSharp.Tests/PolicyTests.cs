@@ -33,6 +33,9 @@ public static class PolicyTests
     /// <summary>A static method for worker processes: fails on multiples of seven.</summary>
     private static int FailOnSevens(int x) => x % 7 == 0 ? throw new InvalidOperationException($"seven at {x}") : x * 2;
 
+    /// <summary>A static method with a bound argument, for worker processes.</summary>
+    private static int Scale(int k, int x) => k * x;
+
     /// <summary>All tests of the C# policies.</summary>
     [Tests]
     public static Test All => Expecto.CSharp.Runner.TestList("C# policies", new[]
@@ -58,6 +61,14 @@ public static class PolicyTests
             var results = await Collect(p.RunEach(Enumerable.Range(1, 30)));
             Sequence(results, Enumerable.Range(1, 30).Where(x => x % 7 != 0).Select(x => x * 2), "in order, sevens left out");
             Equal(counts.Skipped, 4L, "skipped");
+        }),
+
+        Case("MapBound: a bound argument for worker processes, and on threads", async () =>
+        {
+            var p = Pipeline.Start<int>().MapBound(Scale, 3, workers: 2, ordered: true, multiprocess: true);
+            Sequence(await Collect(p.RunEach(Enumerable.Range(1, 10))), Enumerable.Range(1, 10).Select(x => x * 3), "scaled in worker processes");
+            var q = Pipeline.Start<int>().MapBound(Scale, 2);
+            Sequence(await Collect(q.RunEach(Enumerable.Range(1, 3))), new[] { 2, 4, 6 }, "scaled on threads");
         }),
 
         Case("DeadLetter on an async stage gets item, exception and attempts", async () =>

@@ -10,8 +10,31 @@ open Pyper
 open Pyper.FSharp
 open Pyper.Tests.Helpers
 
+/// A bound argument: a factor, and a key under which a worker process counts its set-ups.
+type Scaling = { Factor: int; Key: string }
+
+/// A bound argument that cannot cross to a worker process.
+type Unsendable = { Make: Func<int> }
+
 /// Functions that worker processes run: module functions of this compiled assembly.
 module Remote =
+    let scale (k: int) (x: int) = k * x
+
+    let ignoreArg (_: Unsendable) (x: int) = x
+
+    /// Sets up once per application to its argument, counting its set-ups in this process (in its
+    /// AppDomain data, under the argument's key); then tags each result with that count.
+    let setUp (s: Scaling) =
+        let key = $"pyper-test-setups-{s.Key}"
+
+        let n =
+            match AppDomain.CurrentDomain.GetData key with
+            | :? int as n -> n + 1
+            | _ -> 1
+
+        AppDomain.CurrentDomain.SetData(key, box n)
+        fun (x: int) -> n, x * s.Factor
+
     let failOnSevens (x: int) =
         if x % 7 = 0 then invalidOp $"seven at {x}" else x * 2
 
@@ -227,6 +250,40 @@ let tests =
                 match catchExn (fun () -> collect (Pipeline.toSeqFrom [ 0..9 ] p) |> ignore) with
                 | :? TimeoutException as e -> Expect.stringContains e.Message "input position 3" "the position"
                 | e -> failtestf "expected TimeoutException, got %O" e)
+
+            leakTest
+                "mapBound: the bound argument is sent once per worker process, which applies the function to it once"
+                (fun () ->
+                    let arg =
+                        {
+                            Factor = 3
+                            Key = Guid.NewGuid().ToString "N"
+                        }
+
+                    let p = Stage.mapBound (Remote.setUp, arg, workers = 2, multiprocess = true)
+                    let results = collect (Pipeline.toSeqFrom [ 1..40 ] p)
+                    Expect.equal (results |> List.map snd |> sorted) [ 3..3..120 ] "the factor crossed"
+                    Expect.equal (results |> List.map fst |> List.distinct) [ 1 ] "one set-up in each worker process"
+
+                    let q =
+                        Stage.mapBound (Remote.scale, 5, multiprocess = true, onError = OnError.Skip)
+
+                    Expect.equal (collect (Pipeline.toSeqFrom [ 1..3 ] q)) [ 5; 10; 15 ] "with a policy too")
+
+            testCase "mapBound on threads is map (f arg)" (fun () ->
+                Expect.equal
+                    (collect (Pipeline.toSeqFrom [ 1..3 ] (Stage.mapBound (Remote.scale, 2))))
+                    [ 2; 4; 6 ]
+                    "scaled")
+
+            testCase "mapBound refuses a bound argument that cannot cross, when built" (fun () ->
+                let arg = { Make = Func<int>(fun () -> 1) }
+
+                match catchExn (fun () -> Stage.mapBound (Remote.ignoreArg, arg, multiprocess = true) |> ignore) with
+                | :? ArgumentException as e ->
+                    Expect.equal e.ParamName "arg" "the option"
+                    Expect.stringContains e.Message "bound argument" "says what"
+                | e -> failtestf "expected ArgumentException, got %O" e)
 
             testCase "process stages check timeout and onError when built" (fun () ->
                 match

@@ -20,6 +20,7 @@ type Stage =
                 timeout
                 onError
                 counts
+                null
         else
             Build.mapThread f workers capacity ordered name timeout onError counts
 
@@ -37,6 +38,7 @@ type Stage =
                 timeout
                 onError
                 counts
+                null
         else
             Stage.map (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),
@@ -49,6 +51,48 @@ type Stage =
                 ?onError = onError,
                 ?counts = counts
             )
+
+    static member mapBound
+        (f: 'c -> 'a -> 'b, arg: 'c, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts)
+        =
+        if defaultArg multiprocess false then
+            let bound = Build.bound name arg
+
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                bound
+        else
+            Build.notNull StageKind.Map name (box f)
+            Build.mapThread (f arg) workers capacity ordered name timeout onError counts
+
+    static member mapBoundFunc
+        (f: Func<'c, 'a, 'b>, arg: 'c, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts)
+        =
+        if defaultArg multiprocess false then
+            let bound = Build.bound name arg
+
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> Build.boundDelegateRef f)
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                bound
+        else
+            Build.notNull StageKind.Map name (box f)
+            Build.mapThread (fun x -> f.Invoke(arg, x)) workers capacity ordered name timeout onError counts
 
     static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
         Build.mapPool

@@ -64,6 +64,39 @@ type Stage =
         ?counts: FailureCounts ->
             Pipeline<'a, 'b>
 
+    /// A blocking map stage whose function takes a bound argument, then each item (Pyper's `bind`).
+    /// With `multiprocess = true` the argument is serialized when the stage is built (refused then,
+    /// with an ArgumentException naming `arg`, when it cannot cross) and sent once to each worker
+    /// process, where `f arg` is applied once: a module function `let f cfg = let model = load cfg
+    /// in fun x -> ...` thereby loads its model once per worker process. On threads it is `map (f arg)`.
+    static member mapBound:
+        f: ('c -> 'a -> 'b) *
+        arg: 'c *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
+
+    /// `mapBound` for a .NET delegate of the argument and the item (the C# facade's entry point):
+    /// with `multiprocess = true`, a static method or a lambda that captures nothing.
+    static member mapBoundFunc:
+        f: Func<'c, 'a, 'b> *
+        arg: 'c *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts ->
+            Pipeline<'a, 'b>
+
     /// A stage that awaits a Task-returning function once per item.
     static member mapTask:
         f: ('a -> Task<'b>) *
