@@ -194,6 +194,22 @@ let tests =
                 finally
                     File.Delete marker)
 
+            leakTest "a run that stops early or is cancelled stops its policy workers, none is left" (fun () ->
+                withKeepAlive 60_000 (fun () ->
+                    let source = CountingSource()
+
+                    let p =
+                        Stage.map (
+                            Remote.failOnSevens,
+                            workers = 2,
+                            multiprocess = true,
+                            timeout = TimeSpan.FromMinutes 1.0,
+                            onError = OnError.Skip
+                        )
+
+                    Expect.equal (collect (Pipeline.toSeqFrom source.Items p |> Seq.truncate 5)).Length 5 "five"
+                    Expect.equal (WorkerPool.idleCount ()) 0 "workers stopped mid-stream are not kept"))
+
             leakTest "without a policy a crash still fails the run" (fun () ->
                 let p = Stage.map (Remote.exitAtFive, multiprocess = true)
 
