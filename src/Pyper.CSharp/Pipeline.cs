@@ -91,6 +91,12 @@ public sealed class Pipeline<TIn, TOut>
         Func<TOut, TNext> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts, rateLimit));
 
+    /// <summary>Adds a blocking map stage whose function takes a bound argument, then each item.</summary>
+    /// <inheritdoc cref="Stage.MapBound{TArg, TIn, TOut}(Func{TArg, TIn, TOut}, TArg, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    public Pipeline<TIn, TNext> MapBound<TArg, TNext>(
+        Func<TArg, TOut, TNext> f, TArg arg, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.MapBound(f, arg, workers, capacity, ordered, name, multiprocess, timeout, onError, counts, rateLimit));
+
     /// <summary>Adds a stage awaiting a Task-returning function once per item.</summary>
     /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> Map<TNext>(

@@ -47,19 +47,30 @@ public static class Stage
     /// fails its item with a <see cref="TimeoutException"/> naming the stage and the item's input position.
     /// An async function's token is cancelled then; a blocking call cannot be stopped: it runs on a helper
     /// thread, which is abandoned (and counted) when it is late, and the worker goes on with a fresh one.
-    /// Not yet with <paramref name="multiprocess"/>.
+    /// With <paramref name="multiprocess"/>, a late worker process is killed and replaced.
     /// </param>
-    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). Not yet with <paramref name="multiprocess"/>.</param>
+    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). With <paramref name="multiprocess"/>, a worker process that crashes on an item fails that item (the next attempt gets a fresh process).</param>
     /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
     /// <param name="rateLimit">
     /// A <see cref="RateLimiter"/> each call (each attempt) takes one permit from first, and gives back when it has
     /// returned: it bounds the rate of calls, where <paramref name="workers"/> bounds how many run at once. One limiter
     /// may be shared by several stages. A worker waits in the limiter's queue, or, when it refuses with a retry-after
-    /// time, that long before asking again; a refusal without one fails the run. Not yet with <paramref name="multiprocess"/>.
+    /// time, that long before asking again; a refusal without one fails the run. With <paramref name="multiprocess"/>, the permit is taken in this process before the item is sent.
     /// </param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
         Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
+
+    /// <summary>
+    /// A stage calling a blocking function with a bound argument and each item (Pyper's <c>bind</c>). With
+    /// <paramref name="multiprocess"/> the argument is serialized here (refused with an <see cref="ArgumentException"/>
+    /// naming <c>arg</c> when it cannot cross) and sent once to each worker process, not with every item; the function
+    /// (called with <c>arg</c> and each item) must then be a static method or a lambda that captures nothing.
+    /// </summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    public static Pipeline<TIn, TOut> MapBound<TArg, TIn, TOut>(
+        Func<TArg, TIn, TOut> f, TArg arg, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        new(Core.Stage.mapBoundFunc(f, arg, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>

@@ -30,6 +30,7 @@ let private all =
             PolicyTests.tests
             PolicyTimeoutTests.tests
             RateLimitTests.tests
+            ProcessPolicyTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All

@@ -3,6 +3,7 @@ namespace Pyper.FSharp
 open Pyper
 open System
 open System.Collections.Generic
+open System.Text.Json
 open System.Threading
 open System.Threading.Tasks
 
@@ -259,17 +260,60 @@ module internal Build =
         else
             FunctionRefs.ofDelegate f
 
-    /// A map stage whose workers are processes on this machine.
-    let processStage<'a, 'b> f locate workers capacity ordered name =
+    /// A map stage whose workers are processes on this machine: the plain loop, or the
+    /// policy-aware one when a timeout or failure policy is set.
+    /// `bound` is the JSON of a bound argument (see `bound`), or null.
+    let processStage<'a, 'b> f locate workers capacity ordered name timeout onError counts rateLimit (bound: byte[]) =
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+
         remoteStage<'a, 'b>
             Executor.Process
-            (fun fref -> ProcessExecutor<'a, 'b> fref)
+            (fun fref -> ProcessExecutor<'a, 'b>(fref, policy, bound))
             f
             locate
             workers
             capacity
             ordered
             name
+
+    /// A process stage's bound argument as JSON (sent once to each worker process), refused with
+    /// an ArgumentException (`arg`) naming the stage when it cannot cross to a worker process.
+    let bound<'c> (name: string option) (arg: 'c) : byte[] =
+        let stage = describe name StageKind.Map
+
+        try
+            WireTypes.check stage "bound argument" typeof<'c>
+        with :? ArgumentException as e ->
+            raise (ArgumentException(e.Message, "arg", e))
+
+        try
+            JsonSerializer.SerializeToUtf8Bytes(arg, Wire.options)
+        with e ->
+            raise (
+                ArgumentException(
+                    $"{stage}: the bound argument (a {typeof<'c>}) cannot be sent to a worker process: {e.Message}",
+                    "arg",
+                    e
+                )
+            )
+
+    /// How a worker re-creates a two-parameter delegate (an argument, then the item), refusing a
+    /// method whose own types are not the stage's.
+    let boundDelegateRef<'c, 'a, 'b> (f: Func<'c, 'a, 'b>) =
+        let m = f.Method
+        let ps = m.GetParameters()
+
+        if
+            ps.Length = 2
+            && (ps[0].ParameterType <> typeof<'c>
+                || ps[1].ParameterType <> typeof<'a>
+                || m.ReturnType <> typeof<'b>)
+        then
+            Error
+                $"the method takes {ps[0].ParameterType} and {ps[1].ParameterType} and returns {m.ReturnType}, but the stage's argument is {typeof<'c>}, its items {typeof<'a>} and its results {typeof<'b>}: wrap it in a lambda of the stage's own types"
+        else
+            FunctionRefs.ofDelegate f
 
     let one (x: 'T) = Seq.singleton x
 

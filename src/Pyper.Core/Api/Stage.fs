@@ -13,30 +13,37 @@ type Stage =
         (f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts, ?rateLimit)
         =
         if defaultArg multiprocess false then
-            if timeout.IsSome || onError.IsSome || rateLimit.IsSome then
-                raise (
-                    ArgumentException(
-                        $"{Build.describe name StageKind.Map}: timeout, onError and rateLimit are not yet available on worker processes; run the stage on threads (multiprocess = false) for them.",
-                        (if timeout.IsSome then "timeout"
-                         elif onError.IsSome then "onError"
-                         else "rateLimit")
-                    )
-                )
-
-            Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                null
         else
             Build.mapThread f workers capacity ordered name timeout onError counts rateLimit
 
     static member mapFunc
         (f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts, ?rateLimit)
         =
-        if
-            defaultArg multiprocess false
-            && timeout.IsNone
-            && onError.IsNone
-            && rateLimit.IsNone
-        then
-            Build.processStage<'a, 'b> (box f) (fun () -> Build.delegateRef f) workers capacity ordered name
+        if defaultArg multiprocess false then
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> Build.delegateRef f)
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                null
         else
             Stage.map (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),
@@ -50,6 +57,72 @@ type Stage =
                 ?counts = counts,
                 ?rateLimit = rateLimit
             )
+
+    static member mapBound
+        (
+            f: 'c -> 'a -> 'b,
+            arg: 'c,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?multiprocess,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit
+        ) =
+        if defaultArg multiprocess false then
+            let bound = Build.bound name arg
+
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                bound
+        else
+            Build.notNull StageKind.Map name (box f)
+            Build.mapThread (f arg) workers capacity ordered name timeout onError counts rateLimit
+
+    static member mapBoundFunc
+        (
+            f: Func<'c, 'a, 'b>,
+            arg: 'c,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?multiprocess,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit
+        ) =
+        if defaultArg multiprocess false then
+            let bound = Build.bound name arg
+
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> Build.boundDelegateRef f)
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                bound
+        else
+            Build.notNull StageKind.Map name (box f)
+            Build.mapThread (fun x -> f.Invoke(arg, x)) workers capacity ordered name timeout onError counts rateLimit
 
     static member mapTask
         (f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)

@@ -22,14 +22,15 @@ open System.Threading.Tasks
 /// - `ordered`: results leave in input order even with many workers (default false: as ready).
 /// - `name`: the stage's name in errors and diagnostics (default: kind and position, e.g. "map #2").
 ///
-/// Map stages (threads and async; not yet worker processes) also take, for production runs:
+/// Map stages (threads, async and worker processes) also take, for production runs:
 /// - `timeout`: how long one call may run (positive, at most about 49.7 days). A call that runs
 ///   longer fails its item with a TimeoutException naming the stage and the item's input position.
 ///   An async function's token is cancelled at the timeout; a blocking function cannot be stopped,
 ///   so its call runs on a helper thread that is abandoned (and counted) when it is late, and the
-///   worker goes on with a fresh one.
+///   worker goes on with a fresh one. A worker process that is late is killed and replaced.
 /// - `onError`: what to do with an item whose call failed (`OnError`: Fail, the default; Retry
-///   with exponential backoff and jitter; Skip; DeadLetter).
+///   with exponential backoff and jitter; Skip; DeadLetter). On worker processes a process that
+///   crashes on an item is that item's failure too (the next attempt gets a fresh process).
 /// - `counts`: a `FailureCounts` that counts retries, skipped and dead-lettered items, time-outs.
 /// - `rateLimit`: a `System.Threading.RateLimiting.RateLimiter`; each call (each attempt, retries
 ///   included) first takes one permit from it, and gives the permit back (`Dispose`) when the call
@@ -62,6 +63,41 @@ type Stage =
     /// delegate must be a static method or a lambda that captures nothing, in a compiled assembly.
     static member mapFunc:
         f: Func<'a, 'b> *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
+            Pipeline<'a, 'b>
+
+    /// A blocking map stage whose function takes a bound argument, then each item (Pyper's `bind`).
+    /// With `multiprocess = true` the argument is serialized when the stage is built (refused then,
+    /// with an ArgumentException naming `arg`, when it cannot cross) and sent once to each worker
+    /// process, where `f arg` is applied once: a module function `let f cfg = let model = load cfg
+    /// in fun x -> ...` thereby loads its model once per worker process. On threads it is `map (f arg)`.
+    static member mapBound:
+        f: ('c -> 'a -> 'b) *
+        arg: 'c *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
+            Pipeline<'a, 'b>
+
+    /// `mapBound` for a .NET delegate of the argument and the item (the C# facade's entry point):
+    /// with `multiprocess = true`, a static method or a lambda that captures nothing.
+    static member mapBoundFunc:
+        f: Func<'c, 'a, 'b> *
+        arg: 'c *
         ?workers: int *
         ?capacity: int *
         ?ordered: bool *

@@ -360,6 +360,7 @@ module internal Policies =
                         Wait.turn env.Turnstile ticket
 
                     Wait.write env.Output output k
+                    env.Probe.Out k
 
                     if not (isNull env.Turnstile) then
                         env.Turnstile.Advance()
@@ -393,7 +394,11 @@ module internal Policies =
             try
                 return! call.WaitAsync t
             with
-            | :? TimeoutException as e when not call.IsCompleted ->
+            // WaitAsync's own timeout (the call may have ended since, cancelled by `cts`), not a
+            // TimeoutException of the call itself.
+            | :? TimeoutException as e when
+                not (call.IsFaulted && obj.ReferenceEquals(call.Exception.InnerException, e))
+                ->
                 cts.Cancel()
                 // The late call is no longer awaited: observe its failure, if it fails.
                 call.ContinueWith(
@@ -412,23 +417,26 @@ module internal Policies =
                 return raise (timedOut env position t e)
         }
 
-    /// An async map stage's loop under a policy. With a timeout, items are taken one at a time
-    /// (the batch's ticket is then the item's input position).
-    let mapPool (p: StagePolicy<'a>) (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+    /// The policy loop every awaiting executor shares (async workers, worker processes): takes
+    /// items (one at a time when `single`: the batch's ticket is then the item's input position),
+    /// calls `ready` before each attempt (outside the policy: a failure there ends the worker),
+    /// then `call` with the item and its input position, and applies the policy to a failed call.
+    let mapEach
+        (p: StagePolicy<'a>)
+        (single: bool)
+        (ready: unit -> Task)
+        (call: 'a -> int64 -> Task<'b>)
+        (env: WorkerEnv<'a, 'b>)
+        : Task =
         let input = Array.zeroCreate<'a> Tuning.MaxBatch
         let output = Array.zeroCreate<'b> Tuning.MaxBatch
         let token = env.Ctx.Token
-
-        let call (x: 'a) (position: int64) : Task<'b> =
-            match p.Timeout with
-            | None -> (f x token).AsTask()
-            | Some t -> callWithin env p t f x position
 
         task {
             let mutable go = true
 
             while go do
-                let limit = if p.Timeout.IsSome then 1 else env.Sizer.Limit
+                let limit = if single then 1 else env.Sizer.Limit
                 let! struct (n, ticket) = Wait.takeAsync env.Input input limit false
 
                 if n = 0 then
@@ -445,6 +453,7 @@ module internal Policies =
 
                         while pending do
                             attempts <- attempts + 1
+                            do! ready ()
                             let! lease = permitAsync env p
                             let mutable failure = null
 
@@ -475,6 +484,7 @@ module internal Policies =
 
                     if k > 0 then
                         do! Wait.writeAsync env.Output output k
+                        env.Probe.Out k
 
                     if not (isNull env.Turnstile) then
                         env.Turnstile.Advance()
@@ -482,3 +492,14 @@ module internal Policies =
                     Buffers.clear output k
                     env.Input.Release n
         }
+
+    /// An async map stage's loop under a policy. With a timeout, items are taken one at a time.
+    let mapPool (p: StagePolicy<'a>) (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        let token = env.Ctx.Token
+
+        let call (x: 'a) (position: int64) : Task<'b> =
+            match p.Timeout with
+            | None -> (f x token).AsTask()
+            | Some t -> callWithin env p t f x position
+
+        mapEach p p.Timeout.IsSome (fun () -> Task.CompletedTask) call env

@@ -45,6 +45,20 @@ type internal BatchRunner<'a, 'b>(f: Func<'a, 'b>) =
             Array.blit json 0 reply 8 json.Length
             reply
 
+/// A function of a bound argument and an item, closed over the argument once per worker process.
+[<AbstractClass; Sealed>]
+type internal Bound<'c, 'a, 'b> =
+    /// An F# function `'c -> 'a -> 'b` (its one-argument Invoke): applied to the argument once.
+    static member OfFSharp(f: obj, arg: obj) : IBatchRunner =
+        let g = (f :?> Func<'c, FSharpFunc<'a, 'b>>).Invoke(unbox<'c> arg)
+        BatchRunner<'a, 'b>(Func<'a, 'b>(fun x -> g x))
+
+    /// A delegate `Func<'c, 'a, 'b>`: called with the argument and each item.
+    static member OfDelegate(f: obj, arg: obj) : IBatchRunner =
+        let d = f :?> Func<'c, 'a, 'b>
+        let arg = unbox<'c> arg
+        BatchRunner<'a, 'b>(Func<'a, 'b>(fun x -> d.Invoke(arg, x)))
+
 /// The worker process's side: `Pyper.Worker` calls `run` with its command line.
 module internal ProcessHost =
     [<DllImport("libc", EntryPoint = "getppid")>]
@@ -90,6 +104,47 @@ module internal ProcessHost =
         let f = m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(a, b), target)
         Activator.CreateInstance(typedefof<BatchRunner<_, _>>.MakeGenericType(a, b), f) :?> IBatchRunner
 
+    /// The runner of a function with a bound argument (`Wire.InitBound`'s payload): an F# function
+    /// value `'c -> 'a -> 'b` (a closure's one-argument Invoke) or a two-parameter method.
+    let internal boundRunner (payload: byte[]) : IBatchRunner =
+        let n =
+            Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(ReadOnlySpan(payload, 0, 4))
+
+        let r = FunctionRef.Decode(payload[4 .. 3 + n])
+        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
+        resolveIn (Path.GetDirectoryName r.Assembly)
+        let t, m = r.Resolve assembly
+
+        let target =
+            if r.Instance then
+                Activator.CreateInstance(t, true)
+            else
+                null
+
+        let ps = m.GetParameters()
+
+        let make (c: Type) (a: Type) (b: Type) (how: string) (f: obj) =
+            let arg =
+                JsonSerializer.Deserialize(ReadOnlySpan(payload, 4 + n, payload.Length - 4 - n), c, Wire.options)
+
+            typedefof<Bound<_, _, _>>
+                .MakeGenericType(c, a, b)
+                .GetMethod(how, BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic)
+                .Invoke(null, [| f; arg |])
+            :?> IBatchRunner
+
+        if ps.Length = 1 then
+            let c, inner = ps[0].ParameterType, m.ReturnType.GetGenericArguments()
+
+            let f =
+                m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(c, m.ReturnType), target)
+
+            make c inner[0] inner[1] "OfFSharp" f
+        else
+            let c, a, b = ps[0].ParameterType, ps[1].ParameterType, m.ReturnType
+            let f = m.CreateDelegate(typedefof<Func<_, _, _>>.MakeGenericType(c, a, b), target)
+            make c a b "OfDelegate" f
+
     /// The worker's main loop: connect, learn the function, then answer batches until the parent closes.
     let run (args: string[]) : int =
         let arg name =
@@ -114,6 +169,7 @@ module internal ProcessHost =
             match frame with
             | None -> go <- false
             | Some(kind, payload) when kind = Wire.Init -> run <- runner (FunctionRef.Decode payload)
+            | Some(kind, payload) when kind = Wire.InitBound -> run <- boundRunner payload
             | Some(_, payload) ->
                 let reply =
                     try

@@ -12,9 +12,27 @@ open System.Threading.Tasks
 module internal ProcessWorkers =
     open Loops
 
-    /// A worker process with the stage's function sent to it. A parked worker may have died since
-    /// it parked: then this takes (or starts) another.
-    let rec private connect (fref: FunctionRef) (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
+    /// The frame that sends a worker process its function: `Wire.Init` with the function's
+    /// encoding, or `Wire.InitBound` with the bound argument's JSON after it.
+    let setup (fref: FunctionRef) (bound: byte[]) : struct (byte * byte[]) =
+        let f = fref.Encode()
+
+        if isNull bound then
+            struct (Wire.Init, f)
+        else
+            let payload = Array.zeroCreate<byte>(4 + f.Length + bound.Length)
+            Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(Span(payload, 0, 4), f.Length)
+            Array.blit f 0 payload 4 f.Length
+            Array.blit bound 0 payload (4 + f.Length) bound.Length
+            struct (Wire.InitBound, payload)
+
+    /// A worker process with the stage's function (`setup`) sent to it. A parked worker may have
+    /// died since it parked: then this takes (or starts) another.
+    let rec private connect
+        (setup: struct (byte * byte[]))
+        (stage: string)
+        (token: CancellationToken)
+        : Task<WorkerProcess> =
         task {
             let! w = WorkerPool.acquire stage token
             let pid = w.Process.Id
@@ -22,7 +40,8 @@ module internal ProcessWorkers =
             let! failure =
                 task {
                     try
-                        do! Wire.write w.Stream Wire.Init (fref.Encode()) token
+                        let struct (kind, payload) = setup
+                        do! Wire.write w.Stream kind payload token
                         return null
                     with e ->
                         return e
@@ -32,7 +51,7 @@ module internal ProcessWorkers =
             | null -> return w
             | :? IOException when w.Reused ->
                 w.Close false
-                return! connect fref stage token
+                return! connect setup stage token
             | :? IOException ->
                 let! code = WorkerPool.exitCode w.Process
                 w.Close false
@@ -45,11 +64,11 @@ module internal ProcessWorkers =
 
     /// A process stage's worker: takes a worker process (parked or new), sends it the function,
     /// then each batch; parks it again if the stage finished cleanly.
-    let processMap (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
+    let processMap (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) : Task =
         task {
             let token = env.Ctx.Token
 
-            let! worker = connect fref env.Name token
+            let! worker = connect setup env.Name token
             Live.processStarted ()
             let proc = worker.Process
             let stream = worker.Stream
@@ -174,13 +193,156 @@ module internal ProcessWorkers =
                 ExceptionDispatchInfo.Throw e
         }
 
+    /// A process stage's worker under a timeout or failure policy (`Policies.mapEach`): items go
+    /// one at a time, and whatever fails a call is the item's failure, for the policy: the
+    /// function threw, the item or result could not cross, the worker process crashed on it or ran
+    /// past the timeout. A crashed worker process is replaced for the next attempt, and one that ran
+    /// past the timeout is killed first. A failure to start a worker process still ends the run.
+    let processMapPolicy (p: StagePolicy<'a>) (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) : Task =
+        let token = env.Ctx.Token
+        let one = Array.zeroCreate<'a> 1
+        let buffer = ref (Buffers.ArrayBufferWriter<byte>())
+        let mutable worker: WorkerProcess = null
+
+        // Lets the current worker process go: with `wait` it has 2 s to exit, else it is killed.
+        let drop (wait: bool) : Task =
+            task {
+                match worker with
+                | null -> ()
+                | w ->
+                    worker <- null
+                    Live.processEnded ()
+                    do! w.CloseAsync wait
+            }
+
+        let ready () : Task =
+            task {
+                if not (isNull worker) && worker.Process.HasExited then
+                    do! drop false
+
+                if isNull worker then
+                    let! w = connect setup env.Name token
+                    // Its exit shows in the call it breaks: the item fails, not the run.
+                    w.OnExit <- null
+                    Live.processStarted ()
+                    worker <- w
+            }
+
+        let crashed (w: WorkerProcess) : Task<exn> =
+            task {
+                let pid = w.Process.Id
+                let! code = WorkerPool.exitCode w.Process
+                do! drop false
+                return WorkerPool.crash env.Name pid code :> exn
+            }
+
+        let call (x: 'a) (position: int64) : Task<'b> =
+            task {
+                let w = worker
+                one[0] <- x
+
+                try
+                    Wire.serializeBatch one 0 1 buffer.Value |> ignore
+                with e ->
+                    one[0] <- Unchecked.defaultof<'a>
+
+                    raise (
+                        NotSupportedException(
+                            $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
+                            e
+                        )
+                    )
+
+                one[0] <- Unchecked.defaultof<'a>
+                use cts = CancellationTokenSource.CreateLinkedTokenSource token
+                p.Timeout |> Option.iter cts.CancelAfter
+                let mutable reply = None
+                let mutable failure: exn = null
+
+                try
+                    do! Wire.writeMemory w.Stream Wire.Batch buffer.Value.WrittenMemory cts.Token
+                    let! r = Wire.read w.Stream cts.Token
+                    reply <- r
+                with e ->
+                    failure <- e
+
+                if buffer.Value.Capacity > 2 * Wire.BatchBytes then
+                    buffer.Value <- Buffers.ArrayBufferWriter<byte>()
+
+                if not (isNull failure) then
+                    if token.IsCancellationRequested then
+                        raise (OperationCanceledException token)
+                    elif cts.IsCancellationRequested then
+                        // Past the timeout: the stuck worker process is killed, a fresh one takes over.
+                        p.Counts.AddTimedOut()
+                        do! drop false
+                        raise (Policies.timedOut env position p.Timeout.Value null)
+                    elif (failure :? IOException) then
+                        let! e = crashed w
+                        raise e
+                    else
+                        ExceptionDispatchInfo.Throw failure
+
+                match reply with
+                | Some(kind, payload) when kind = Wire.Results ->
+                    let results =
+                        try
+                            JsonSerializer.Deserialize<'b[]>(ReadOnlySpan(payload, 8, payload.Length - 8), Wire.options)
+                        with e ->
+                            raise (
+                                NotSupportedException(
+                                    $"Stage '{env.Name}': a result of type {typeof<'b>} cannot be read back from a worker process: {e.Message}",
+                                    e
+                                )
+                            )
+
+                    return results[0]
+                | Some(_, payload) -> return raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan payload))
+                | None ->
+                    let! e = crashed w
+                    return raise e
+            }
+
+        task {
+            let mutable failure: exn = null
+
+            try
+                WireWarmUp.arrays<'a, 'b>()
+                RemoteExceptions.warmUp ()
+                do! Policies.mapEach p true ready call env
+            with e ->
+                failure <- e
+
+            match failure with
+            | null ->
+                // No item is in flight after a clean finish: the worker can serve another stage.
+                match worker with
+                | null -> ()
+                | w ->
+                    worker <- null
+                    Live.processEnded ()
+                    WorkerPool.release w
+            | e ->
+                match e with
+                | :? ReadersGoneException -> ()
+                | e when env.Ctx.IsStopEcho e -> ()
+                | e -> env.Ctx.Fail(env.Name, e)
+
+                do! drop (not token.IsCancellationRequested)
+                ExceptionDispatchInfo.Throw e
+        }
+
 /// The process executor: each worker is an awaiting loop on the thread pool that hands batches to
-/// a worker process of its own (`ProcessWorkers.processMap`) and waits for their results.
+/// a worker process of its own (`ProcessWorkers.processMap`, or `processMapPolicy` under a timeout
+/// or failure policy) and waits for their results. `bound` is the bound argument's JSON, or null.
 [<Sealed>]
-type internal ProcessExecutor<'a, 'b>(fref: FunctionRef) =
+type internal ProcessExecutor<'a, 'b>(fref: FunctionRef, policy: StagePolicy<'a> option, bound: byte[]) =
     inherit StageExecutor<'a, 'b>()
+    let setup = ProcessWorkers.setup fref bound
     override _.Kind = Executor.Process
     override _.Quantum = Sizer.RemoteQuantum
 
     override _.Start(env, ended) =
-        env.Ctx.StartTask((fun () -> ProcessWorkers.processMap fref env), ended)
+        match policy with
+        | None -> env.Ctx.StartTask((fun () -> ProcessWorkers.processMap setup env), ended)
+        | Some p -> env.Ctx.StartTask((fun () -> ProcessWorkers.processMapPolicy p setup env), ended)

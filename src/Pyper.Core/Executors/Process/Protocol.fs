@@ -22,6 +22,11 @@ module internal Wire =
     [<Literal>]
     let Failure = 4uy
 
+    /// Like `Init`, with a bound argument: the function's encoding's length (4 bytes), the
+    /// encoding, then the argument as JSON.
+    [<Literal>]
+    let InitBound = 5uy
+
     /// FSharp.SystemTextJson for F# types only: asking it about every other type (int, arrays)
     /// would load F# reflection into each fresh worker process for nothing.
     [<Sealed>]
