@@ -173,13 +173,19 @@ module internal ProcessHost =
             | Some(_, payload) ->
                 let reply =
                     try
-                        Wire.Results, run.Run payload
+                        Ok(run.Run payload)
                     with e ->
-                        Wire.Failure, RemoteFailures.encode e
+                        Error e
 
                 // The parent may stop the run (and close the connection) while this batch ran.
                 try
-                    Wire.writeSync stream (fst reply) (snd reply)
+                    match reply with
+                    | Ok results -> Wire.writeSync stream Wire.Results results
+                    | Error e ->
+                        // The brief frame at once (the parent stops the run on it), then the
+                        // full one, whose first encoding costs a cold process 50-150 ms.
+                        Wire.writeSync stream Wire.BriefFailure (RemoteFailures.brief e)
+                        Wire.writeSync stream Wire.Failure (RemoteFailures.encode e)
                 with :? IOException ->
                     go <- false
 

@@ -12,6 +12,11 @@ open System.Threading.Tasks
 module internal ProcessWorkers =
     open Loops
 
+    /// How long the parent waits for a failure's full frame once its brief frame has stopped the
+    /// run (a cold worker process takes 50-150 ms to encode its first exception; a loaded machine more).
+    [<Literal>]
+    let private FullFailureMilliseconds = 2000
+
     /// The frame that sends a worker process its function: `Wire.Init` with the function's
     /// encoding, or `Wire.InitBound` with the bound argument's JSON after it.
     let setup (fref: FunctionRef) (bound: byte[]) : struct (byte * byte[]) =
@@ -103,6 +108,34 @@ module internal ProcessWorkers =
                 WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
                 RemoteExceptions.warmUp ()
 
+                // A failure's brief frame stops the run at once (nothing more is yielded from here
+                // on); its full frame then gives the exception its details: the rebuilt exception
+                // takes the brief one's place as the run's failure. If the full frame does not
+                // come in time (the worker hangs or dies while encoding), the brief one stands.
+                let failed (brief: byte[]) : Task<exn> =
+                    task {
+                        let first = RemoteExceptions.decodeBrief env.Name typeof<'b> brief
+                        env.Ctx.Fail(env.Name, first)
+                        // The run's token is cancelled now: the full frame has a bound of its own.
+                        use wait = new CancellationTokenSource(FullFailureMilliseconds)
+
+                        let! full =
+                            task {
+                                try
+                                    return! Wire.read stream wait.Token
+                                with
+                                | :? IOException
+                                | :? OperationCanceledException -> return None
+                            }
+
+                        match full with
+                        | Some(kind, payload) when kind = Wire.Failure ->
+                            let e = RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan payload)
+                            env.Ctx.Refine(first, e)
+                            return e
+                        | _ -> return first
+                    }
+
                 // A batch goes in frames of at most about Wire.BatchBytes of JSON (a bigger item alone).
                 let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =
                     task {
@@ -155,6 +188,9 @@ module internal ProcessWorkers =
 
                                 Array.blit results 0 output sent k
                                 sent <- sent + k
+                            | Some(kind, reply) when kind = Wire.BriefFailure ->
+                                let! e = failed reply
+                                raise e
                             | Some(_, reply) -> raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan reply))
                             | None ->
                                 let! e = crashed ()
@@ -297,6 +333,30 @@ module internal ProcessWorkers =
                             )
 
                     return results[0]
+                | Some(kind, brief) when kind = Wire.BriefFailure ->
+                    // The item's failure: its full frame follows (bounded: a worker that hangs or
+                    // dies while encoding it leaves the brief one, and is replaced).
+                    use wait = CancellationTokenSource.CreateLinkedTokenSource token
+                    wait.CancelAfter FullFailureMilliseconds
+
+                    let! full =
+                        task {
+                            try
+                                return! Wire.read w.Stream wait.Token
+                            with
+                            | :? IOException
+                            | :? OperationCanceledException -> return None
+                        }
+
+                    match full with
+                    | Some(kind, payload) when kind = Wire.Failure ->
+                        return raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan payload))
+                    | _ ->
+                        if token.IsCancellationRequested then
+                            raise (OperationCanceledException token)
+
+                        do! drop false
+                        return raise (RemoteExceptions.decodeBrief env.Name typeof<'b> brief)
                 | Some(_, payload) -> return raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan payload))
                 | None ->
                     let! e = crashed w

@@ -27,6 +27,11 @@ module internal Wire =
     [<Literal>]
     let InitBound = 5uy
 
+    /// A failure's first word, sent before its `Failure` frame: the exception's type and message
+    /// only, so that the parent stops the run before the worker has encoded the rest.
+    [<Literal>]
+    let BriefFailure = 6uy
+
     /// FSharp.SystemTextJson for F# types only: asking it about every other type (int, arrays)
     /// would load F# reflection into each fresh worker process for nothing.
     [<Sealed>]
