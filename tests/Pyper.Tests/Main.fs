@@ -25,11 +25,13 @@ let private all =
             HardeningTests.tests
             ProcessHardeningTests.tests
             DistributedTests.tests
+            DistributedFaultTests.tests
             ObservabilityTests.tests
             ProgressTests.tests
             PolicyTests.tests
             PolicyTimeoutTests.tests
             Campaign.tests
+            DistributedCampaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All
             Pyper.CSharp.Tests.ProcessHardeningTests.All
@@ -67,6 +69,10 @@ let private runTests (argv: string[]) =
 [<EntryPoint>]
 let main argv =
     match argv with
-    | [| "--soak"; cases |] -> Campaign.soak (int cases)
+    | [| "--soak"; cases |] ->
+        let local = Campaign.soak (int cases)
+        // The distributed share: a fiftieth of the cases (each starts queues on a server), at least 20.
+        let distributed = DistributedCampaign.soak (max 20 (int cases / 50))
+        max local distributed
     | [| "--progress-demo" |] -> ProgressTests.demo ()
     | _ -> runTests argv
