@@ -159,7 +159,18 @@ let private available =
                 // another MsgId (past the server's duplicate window) and other values.
                 // One worker loop in the parent: one set of queues (the test serves the first announcement).
                 let p = Stage.distributed (Remote.square, f.Server)
-                let run = Task.Run(fun () -> Pipeline.toSeqFrom [ 1..100 ] p |> List.ofSeq)
+                // The source ends only once every item has been answered twice: the run cannot end
+                // (and delete its queues) between the two copies of a result.
+                use answered = new ManualResetEventSlim()
+
+                let source =
+                    seq {
+                        yield! [ 1..100 ]
+                        answered.Wait()
+                    }
+
+                let run = Task.Run(fun () -> Pipeline.toSeqFrom source p |> List.ofSeq)
+                let answeredItems = ref 0
 
                 let duplicates =
                     withinGuard "serving the run twice over" (fun () ->
@@ -216,6 +227,10 @@ let private available =
 
                                     duplicates <- duplicates + 1
                                     do! msg.AckAsync()
+                                    answeredItems.Value <- answeredItems.Value + items.Length
+
+                                    if answeredItems.Value >= 100 then
+                                        answered.Set()
 
                             do! conn.DisposeAsync()
                             return duplicates
