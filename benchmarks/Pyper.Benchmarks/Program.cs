@@ -1,6 +1,8 @@
 // Pyper's benchmarks, side by side with the peers a .NET user would pick instead.
 //   dotnet fsi build.fsx bench [BenchmarkDotNet arguments]   the full run (all scenarios)
 //   ... -- --quick                                              a smoke run: tiny sizes, one iteration
+//   dotnet fsi build.fsx bench --filter '*Distributed*'       only the distributed executor's rows (and the
+//                                                              process executor's beside them; needs nats-server)
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Exporters.Csv;
 using BenchmarkDotNet.Jobs;

@@ -1,6 +1,7 @@
 namespace Pyper.Distributed
 
 open System
+open System.Runtime.CompilerServices
 open System.Runtime.InteropServices
 open System.Threading
 open System.Threading.Tasks
@@ -76,19 +77,39 @@ type DistributedStage =
             [<Optional; DefaultParameterValue(1024)>] capacity: int,
             [<Optional; DefaultParameterValue(false)>] ordered: bool,
             [<Optional; DefaultParameterValue(null: string)>] name: string
-        ) : Pipeline<'a, 'b> =
-        Checks.stage<'a, 'b>
-            (box f)
-            (fun () -> FunctionRefs.ofDelegate f)
-            server
-            (Some workers)
-            (Some capacity)
-            (Some ordered)
-            (Option.ofObj name)
+        ) : Pyper.Pipeline<'a, 'b> =
+        Pyper.Pipeline<'a, 'b>(
+            Checks.stage<'a, 'b>
+                (box f)
+                (fun () -> FunctionRefs.ofDelegate f)
+                server
+                (Some workers)
+                (Some capacity)
+                (Some ordered)
+                (Option.ofObj name)
+        )
+
+[<AbstractClass; Sealed; Extension>]
+type DistributedPipelineExtensions =
+    [<Extension>]
+    static member MapDistributed<'i, 'o, 'n>
+        (
+            pipeline: Pyper.Pipeline<'i, 'o>,
+            f: Func<'o, 'n>,
+            server: NatsServer,
+            [<Optional; DefaultParameterValue(1)>] workers: int,
+            [<Optional; DefaultParameterValue(1024)>] capacity: int,
+            [<Optional; DefaultParameterValue(false)>] ordered: bool,
+            [<Optional; DefaultParameterValue(null: string)>] name: string
+        ) : Pyper.Pipeline<'i, 'n> =
+        if isNull pipeline then
+            raise (ArgumentNullException("pipeline"))
+
+        pipeline.Then(DistributedStage.Map<'o, 'n>(f, server, workers, capacity, ordered, name))
 
 namespace Pyper.FSharp
 
-open Pyper
+// Not `open Pyper`: the C# API's `Pyper.Stage` would hide `Pyper.FSharp.Stage` here.
 open Pyper.Distributed
 
 [<AutoOpen>]
@@ -97,7 +118,7 @@ module DistributedStages =
         static member distributed(f: 'a -> 'b, server: NatsServer, ?workers, ?capacity, ?ordered, ?name) =
             Checks.stage<'a, 'b>
                 (box f)
-                (fun () -> FunctionRefs.ofFunction (box f))
+                (fun () -> Pyper.FunctionRefs.ofFunction (box f))
                 server
                 workers
                 capacity

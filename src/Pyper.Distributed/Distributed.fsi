@@ -1,6 +1,7 @@
 namespace Pyper.Distributed
 
 open System
+open System.Runtime.CompilerServices
 open System.Runtime.InteropServices
 open System.Threading
 open System.Threading.Tasks
@@ -21,11 +22,13 @@ type Worker =
         [<Optional>] cancellationToken: CancellationToken ->
             Task
 
-/// Distributed map stages for C# (F#: `Stage.distributed`).
+/// Distributed map stages for C# (F#: `Stage.distributed`): a one-stage pipeline to anchor on a flow
+/// (`Flow.From(items) | DistributedStage.Map<int, int>(F, server)`) or to add with `Then`.
 [<AbstractClass; Sealed>]
 type DistributedStage =
     /// A map stage whose function runs in worker processes on any number of machines, fed through
-    /// `server` (see `Stage.distributed`).
+    /// `server` (see `Stage.distributed`): a static method or a lambda that captures nothing, in a
+    /// compiled assembly; anything else, a bad option or a null server is refused here.
     static member Map<'a, 'b> :
         f: Func<'a, 'b> *
         server: NatsServer *
@@ -33,7 +36,23 @@ type DistributedStage =
         [<Optional; DefaultParameterValue(1024)>] capacity: int *
         [<Optional; DefaultParameterValue(false)>] ordered: bool *
         [<Optional; DefaultParameterValue(null: string)>] name: string ->
-            Pipeline<'a, 'b>
+            Pyper.Pipeline<'a, 'b>
+
+/// `MapDistributed`: the fluent form of `DistributedStage.Map` on any C# pipeline
+/// (`Pipeline.Start<int>().Branch(GetData).MapDistributed(Step3, server, workers: 20)`).
+[<AbstractClass; Sealed; Extension>]
+type DistributedPipelineExtensions =
+    /// Adds a distributed map stage (see `DistributedStage.Map`); the input type flows from the left.
+    [<Extension>]
+    static member MapDistributed<'i, 'o, 'n> :
+        pipeline: Pyper.Pipeline<'i, 'o> *
+        f: Func<'o, 'n> *
+        server: NatsServer *
+        [<Optional; DefaultParameterValue(1)>] workers: int *
+        [<Optional; DefaultParameterValue(1024)>] capacity: int *
+        [<Optional; DefaultParameterValue(false)>] ordered: bool *
+        [<Optional; DefaultParameterValue(null: string)>] name: string ->
+            Pyper.Pipeline<'i, 'n>
 
 namespace Pyper.FSharp
 

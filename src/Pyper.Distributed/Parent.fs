@@ -24,6 +24,8 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
     let mutable nextId = 0L
     let mutable fault: exn = null
     let loops = ResizeArray<Task>()
+    /// The results loop's current consumption, cancelled on a reconnect.
+    let mutable session: CancellationTokenSource = null
 
     /// Fails every batch waiting now and every batch sent later with `e` (the first fault wins).
     member _.Fault(e: exn) =
@@ -55,67 +57,77 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
             | e -> waiting.TrySetException e |> ignore
 
             let message = Protocol.frame 0uy batch items 0 items.Length
-            let opts = NatsJSPubOpts(MsgId = string batch)
-            let giveUp = Stopwatch.StartNew()
-            let mutable sent = false
 
-            while not sent && not waiting.Task.IsCompleted do
+            // A full queue ("maximum messages exceeded": backpressure) or a restarting server: try
+            // again shortly, for up to GiveUpAfter.
+            let! failure =
+                Protocol.publish
+                    js
+                    (Protocol.workSubject id)
+                    message
+                    (string batch)
+                    server.GiveUpAfter
+                    5
+                    (fun () -> waiting.Task.IsCompleted)
+                    token
+
+            if not (isNull failure) then
+                this.Fault(
+                    IOException(
+                        $"Stage '{stage}': cannot publish to the NATS server at {server.Url}: {failure.Message}",
+                        failure
+                    )
+                )
+
+            use _ = token.Register(fun () -> waiting.TrySetCanceled token |> ignore)
+            return! waiting.Task
+        }
+
+    /// Consumes result frames; a fetch loop of its own that starts again after a server restart
+    /// (the health loop cancels the current session on a reconnect: a pull consumer may stop
+    /// receiving after one) and fails the stage when its queues are gone from the server.
+    member private this.ResultsLoop() : Task =
+        task {
+            let mutable go = true
+
+            while go && not stop.IsCancellationRequested do
+                use current = CancellationTokenSource.CreateLinkedTokenSource stop.Token
+                Volatile.Write(&session, current)
+
                 let! failure =
                     task {
                         try
-                            let! ack =
-                                js.PublishAsync(
-                                    Protocol.workSubject id,
-                                    message,
-                                    opts = opts,
-                                    cancellationToken = token
+                            let! consumer =
+                                js.GetConsumerAsync(Protocol.resultsStream id, Protocol.ResultsConsumer, current.Token)
+
+                            let results =
+                                consumer.ConsumeAsync<byte[]>(
+                                    opts = NatsJSConsumeOpts(MaxMsgs = 64),
+                                    cancellationToken = current.Token
                                 )
 
-                            ack.EnsureSuccess()
+                            do!
+                                AsyncStream.forEach results current.Token (fun () -> Task.CompletedTask) (fun msg ->
+                                    this.Dispatch msg.Data
+                                    msg.AckAsync(cancellationToken = current.Token).AsTask())
+
                             return null
                         with e ->
                             return e
                     }
 
                 match failure with
-                | null -> sent <- true
-                | _ when token.IsCancellationRequested -> token.ThrowIfCancellationRequested()
-                | e when giveUp.Elapsed > server.GiveUpAfter ->
+                | _ when stop.IsCancellationRequested -> go <- false
+                | e when Protocol.isGone e ->
+                    go <- false
+
                     this.Fault(
                         IOException(
-                            $"Stage '{stage}': cannot publish to the NATS server at {server.Url}: {e.Message}",
+                            $"Stage '{stage}': its queues are gone from the NATS server at {server.Url} (was it restarted without its storage?); the batches in flight are lost.",
                             e
                         )
                     )
-                | _ ->
-                    // A full queue ("maximum messages exceeded": backpressure) or a server that is
-                    // restarting: try again shortly.
-                    do! Task.Delay(5, token)
-
-            use _ = token.Register(fun () -> waiting.TrySetCanceled token |> ignore)
-            return! waiting.Task
-        }
-
-    /// Consumes result frames; a fetch loop of its own that starts again after a server restart.
-    member private this.ResultsLoop() : Task =
-        task {
-            while not stop.IsCancellationRequested do
-                try
-                    let! consumer =
-                        js.GetConsumerAsync(Protocol.resultsStream id, Protocol.ResultsConsumer, stop.Token)
-
-                    let results =
-                        consumer.ConsumeAsync<byte[]>(
-                            opts = NatsJSConsumeOpts(MaxMsgs = 64),
-                            cancellationToken = stop.Token
-                        )
-
-                    do!
-                        AsyncStream.forEach results stop.Token (fun () -> Task.CompletedTask) (fun msg ->
-                            this.Dispatch msg.Data
-                            msg.AckAsync(cancellationToken = stop.Token).AsTask())
-                with _ when not stop.IsCancellationRequested ->
-                    do! Task.Delay(100, stop.Token).ContinueWith(ignore)
+                | _ -> do! Task.Delay(50, stop.Token).ContinueWith(ignore)
         }
 
     /// Fails the stage when the server reports a batch delivered MaxDeliver times without a result.
@@ -154,6 +166,13 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                     do! Task.Delay(100, stop.Token)
 
                     if conn.ConnectionState = NatsConnectionState.Open then
+                        if down.IsRunning then
+                            // Back after a disconnect: consume results afresh.
+                            try
+                                (Volatile.Read &session).Cancel()
+                            with _ ->
+                                ()
+
                         down.Reset()
                     elif not down.IsRunning then
                         down.Start()
@@ -244,7 +263,13 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                 let! _ =
                     js.CreateOrUpdateConsumerAsync(
                         Protocol.resultsStream id,
-                        ConsumerConfig(Protocol.ResultsConsumer, AckPolicy = ConsumerConfigAckPolicy.Explicit),
+                        ConsumerConfig(
+                            Protocol.ResultsConsumer,
+                            AckPolicy = ConsumerConfigAckPolicy.Explicit,
+                            // Results that reached a session cancelled by a reconnect come again soon
+                            // (a duplicate is dropped by batch id).
+                            AckWait = min server.AckWait (TimeSpan.FromSeconds 5.0)
+                        ),
                         ct
                     )
 
@@ -392,7 +417,10 @@ module internal ParentSide =
                     else
                         return
                             raise (
-                                RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan(reply, 10, reply.Length - 10))
+                                RemoteExceptions.decode
+                                    env.Name
+                                    typeof<'b>
+                                    (ReadOnlySpan(reply, 10, reply.Length - 10))
                             )
                 }
 

@@ -1,6 +1,7 @@
 namespace Pyper.Distributed
 
 open System
+open System.Diagnostics
 open System.IO
 open System.Text.Json
 open System.Threading
@@ -143,4 +144,46 @@ module internal Protocol =
                 do! f cts.Token
             with _ ->
                 ()
+        }
+
+    /// Publishes `data` on `subject` until the server stores it (its MsgId drops a repeat within
+    /// the stream's duplicate window), retrying every `pause` ms while the server restarts or the
+    /// stream is full. Returns null once stored or once `settled ()` says it no longer matters, and
+    /// the last error when the stream is gone or the server kept failing for `giveUpAfter`.
+    let publish
+        (js: NatsJSContext)
+        (subject: string)
+        (data: byte[])
+        (msgId: string)
+        (giveUpAfter: TimeSpan)
+        (pause: int)
+        (settled: unit -> bool)
+        (token: CancellationToken)
+        : Task<exn> =
+        task {
+            let opts = NatsJSPubOpts(MsgId = msgId)
+            let clock = Stopwatch.StartNew()
+            let mutable outcome: exn option = None
+
+            while outcome.IsNone do
+                if settled () then
+                    outcome <- Some null
+                else
+                    let! failure =
+                        task {
+                            try
+                                let! ack = js.PublishAsync(subject, data, opts = opts, cancellationToken = token)
+                                ack.EnsureSuccess()
+                                return null
+                            with e ->
+                                return e
+                        }
+
+                    match failure with
+                    | null -> outcome <- Some null
+                    | _ when token.IsCancellationRequested -> token.ThrowIfCancellationRequested()
+                    | e when isGone e || clock.Elapsed > giveUpAfter -> outcome <- Some e
+                    | _ -> do! Task.Delay(pause, token)
+
+            return outcome.Value
         }

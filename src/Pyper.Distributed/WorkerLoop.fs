@@ -58,6 +58,7 @@ module internal WorkerLoop =
     /// Runs one batch and publishes its result, then acks it; progress keeps a long batch ours.
     let private handle
         (js: NatsJSContext)
+        (giveUpAfter: TimeSpan)
         (d: StageDescriptor)
         (runner: IBatchRunner)
         (msg: INatsJSMsg<byte[]>)
@@ -97,27 +98,13 @@ module internal WorkerLoop =
                 )
 
             let result = Protocol.frame kind batch reply 0 reply.Length
-            let opts = NatsJSPubOpts(MsgId = string batch)
-            let mutable sent = false
+            // A restarting server: the result must get out, within GiveUpAfter; a deleted stream
+            // means the run is over.
+            let! failure =
+                Protocol.publish js d.ResultsSubject result (string batch) giveUpAfter 50 (fun () -> false) token
 
-            while not sent do
-                let! failure =
-                    task {
-                        try
-                            let! ack =
-                                js.PublishAsync(d.ResultsSubject, result, opts = opts, cancellationToken = token)
-
-                            ack.EnsureSuccess()
-                            return null
-                        with e ->
-                            return e
-                    }
-
-                match failure with
-                | null -> sent <- true
-                | _ when token.IsCancellationRequested -> token.ThrowIfCancellationRequested()
-                | e when Protocol.isGone e -> raise e // the run is over
-                | _ -> do! Task.Delay(50, token) // the server is restarting: the result must get out
+            if not (isNull failure) then
+                raise failure
 
             _progress.Dispose()
             do! msg.AckAsync(cancellationToken = token)
@@ -126,6 +113,7 @@ module internal WorkerLoop =
     /// Serves one stage until its stream is deleted (the run ended) or `token` is cancelled.
     let private serveStage
         (js: NatsJSContext)
+        (giveUpAfter: TimeSpan)
         (d: StageDescriptor)
         (runner: IBatchRunner)
         (parallelism: int)
@@ -147,7 +135,7 @@ module internal WorkerLoop =
                                 )
 
                             if not (isNull (box next)) then
-                                do! handle js d runner next token
+                                do! handle js giveUpAfter d runner next token
                     with
                     | :? OperationCanceledException when token.IsCancellationRequested -> go <- false
                     | e when Protocol.isGone e -> go <- false
@@ -203,7 +191,7 @@ module internal WorkerLoop =
                                 serving[d.WorkStream] <-
                                     task {
                                         try
-                                            do! serveStage js d runner parallelism token
+                                            do! serveStage js server.GiveUpAfter d runner parallelism token
                                         finally
                                             serving.TryRemove d.WorkStream |> ignore
                                     }

@@ -27,6 +27,8 @@ type Kind =
     /// A map stage under a failure policy (issue #17); `Shape` picks it: 0 Skip, 1 Retry then
     /// Skip, 2 DeadLetter, 3 a timeout then Skip (async; some items never finish on their own).
     | Policy
+    /// A distributed stage (NATS JetStream): only in the distributed campaign (DistributedCampaign.fs).
+    | Distributed
 
 /// A random stage: its kind, its function's parameters and its options.
 type StageSpec =
@@ -51,6 +53,8 @@ type Fault =
     | CancelAfter of milliseconds: int
     | StopAfter of items: int
     | SlowConsumer of every: int
+    /// After `afterResults` results the consumer kills a distributed worker process (the run goes on).
+    | KillWorker of afterResults: int
 
 type Case =
     {
@@ -131,7 +135,8 @@ let private apply (s: StageSpec) (x: int) =
     | PassJoin
     | PassJoinStream
     | BatchFlatten -> [ x ]
-    | InProcess -> [ x * 3 ]
+    | InProcess
+    | Distributed -> [ x * 3 ]
 
 let model (case: Case) =
     case.Stages |> List.fold (fun xs s -> List.collect (apply s) xs) case.Input
@@ -156,7 +161,7 @@ let modelDrops (case: Case) =
 let private keepsOrder (case: Case) =
     case.Stages |> List.forall (fun s -> s.Ordered || s.Workers = 1)
 
-let private stageGen =
+let stageGen =
     gen {
         let! kind =
             Gen.frequency
@@ -268,7 +273,13 @@ let caseGen =
     }
 
 /// Builds the case's pipeline; `calls` counts each stage's calls for the injected failure.
-let private build (case: Case) (calls: int[]) (triggered: int ref) (counts: FailureCounts) : Pipeline<int, int> =
+let private build
+    (server: Pyper.Distributed.NatsServer option)
+    (case: Case)
+    (calls: int[])
+    (triggered: int ref)
+    (counts: FailureCounts)
+    : Pipeline<int, int> =
     let check i =
         let n = Interlocked.Increment &calls[i]
 
@@ -280,6 +291,17 @@ let private build (case: Case) (calls: int[]) (triggered: int ref) (counts: Fail
 
     let stage i (s: StageSpec) : Pipeline<int, int> =
         let one x = (apply s x).Head
+
+        // A remote stage's injected failure is decided here and thrown in the worker.
+        let fault () =
+            let n = Interlocked.Increment &calls[i]
+
+            match case.Fault with
+            | Throw(fs, fc) when fs = i && fc = n ->
+                triggered.Value <- 1
+                fs, fc
+            | _ -> -1, -1
+
         let w, c, o = s.Workers, s.Capacity, s.Ordered
 
         match s.Kind with
@@ -427,16 +449,13 @@ let private build (case: Case) (calls: int[]) (triggered: int ref) (counts: Fail
                     onError = OnError.Skip,
                     counts = counts
                 )
+        | Distributed ->
+            // As a process stage's: the injected failure travels with its item.
+            Stage.map (fun x ->
+                let fs, fc = fault ()
+                struct (x, $"{x};", fs, fc))
+            >=> Stage.distributed (CampaignRemote.tupled, server.Value, workers = w, capacity = c, ordered = o)
         | InProcess ->
-            // The injected failure travels with its item and is thrown in the worker.
-            let fault () =
-                let n = Interlocked.Increment &calls[i]
-
-                match case.Fault with
-                | Throw(fs, fc) when fs = i && fc = n ->
-                    triggered.Value <- 1
-                    fs, fc
-                | _ -> -1, -1
 
             let text x =
                 if s.Copies = 2 && abs x = 7 then
@@ -479,11 +498,17 @@ type Tally() =
     member val Wrong = 0 with get, set
 
 /// Runs one case: the run must end within `limit`, match the model, and leave nothing behind.
-let run (limit: TimeSpan) (case: Case) : Outcome =
+/// `server` serves distributed stages; `kill` kills a distributed worker (fault KillWorker).
+let runWith
+    (server: Pyper.Distributed.NatsServer option)
+    (kill: unit -> unit)
+    (limit: TimeSpan)
+    (case: Case)
+    : Outcome =
     let calls = Array.zeroCreate case.Stages.Length
     let triggered = ref 0
     let counts = FailureCounts()
-    let pipeline = build case calls triggered counts
+    let pipeline = build server case calls triggered counts
     let expected = model case
     use cts = new CancellationTokenSource()
     use release = new ManualResetEventSlim()
@@ -505,6 +530,7 @@ let run (limit: TimeSpan) (case: Case) : Outcome =
             try
                 match case.Fault with
                 | CancelAfter ms -> cts.CancelAfter ms
+                | KillWorker 0 -> kill ()
                 | _ -> ()
 
                 let mutable go =
@@ -521,6 +547,7 @@ let run (limit: TimeSpan) (case: Case) : Outcome =
                         match case.Fault with
                         | StopAfter k when results.Count >= k -> go <- false
                         | SlowConsumer every when results.Count % every = 0 -> Thread.Sleep 1
+                        | KillWorker k when results.Count = k -> kill ()
                         | _ -> ()
                     else
                         go <- false
@@ -595,10 +622,12 @@ let run (limit: TimeSpan) (case: Case) : Outcome =
         | Passed, leaks -> Leaked(String.concat ", " leaks)
         | wrong, _ -> wrong
 
-/// Runs `cases` cases from `seed`, tallying; stops at the first bad outcome when `failFast`.
-let campaign (seed: uint64) (cases: int) (limit: TimeSpan) (failFast: bool) (log: string -> unit) =
+/// Runs one case of the in-process campaign.
+let run (limit: TimeSpan) (case: Case) : Outcome = runWith None ignore limit case
+
+/// Runs `samples` with `run`, tallying; stops at the first bad outcome when `failFast`.
+let campaignOf (samples: Case seq) (run: Case -> Outcome) (failFast: bool) (log: string -> unit) =
     let tally = Tally()
-    let samples = Gen.sampleWithSeed (Rnd seed) 50 cases caseGen
     let mutable stop = false
 
     for case in samples do
@@ -608,7 +637,7 @@ let campaign (seed: uint64) (cases: int) (limit: TimeSpan) (failFast: bool) (log
             if case.Fault <> NoFault then
                 tally.Faults <- tally.Faults + 1
 
-            match run limit case with
+            match run case with
             | Passed -> ()
             | outcome ->
                 match outcome with
@@ -624,6 +653,10 @@ let campaign (seed: uint64) (cases: int) (limit: TimeSpan) (failFast: bool) (log
                     $"{tally.Cases} cases, {tally.Faults} faults, {tally.Hangs} hangs, {tally.Leaks} leaks, {tally.Wrong} wrong"
 
     tally
+
+/// Runs `cases` cases from `seed`, tallying; stops at the first bad outcome when `failFast`.
+let campaign (seed: uint64) (cases: int) (limit: TimeSpan) (failFast: bool) (log: string -> unit) =
+    campaignOf (Gen.sampleWithSeed (Rnd seed) 50 cases caseGen) (run limit) failFast log
 
 let tests =
     testList

@@ -31,6 +31,20 @@ module Remote =
         Thread.Sleep 20
         x
 
+    /// Fails on every delivery, leaving a file per call.
+    let poison (item: LongItem) : int =
+        File.WriteAllText(Path.Combine(item.Log, $"{item.Value}-{Guid.NewGuid():N}"), "")
+        invalidOp $"poison {item.Value}"
+
+    /// Kills its worker process on item 13 (a poison batch), leaving a file per call.
+    let crashOn13 (item: LongItem) =
+        File.WriteAllText(Path.Combine(item.Log, $"{item.Value}-{Guid.NewGuid():N}"), "")
+
+        if item.Value = 13 then
+            Process.GetCurrentProcess().Kill()
+
+        item.Value
+
     let long (item: LongItem) =
         // A file per call: appends from two processes at once could overwrite each other.
         File.WriteAllText(Path.Combine(item.Log, $"{item.Value}-{Guid.NewGuid():N}"), "")
@@ -111,6 +125,16 @@ type NatsFixture(?user: string * string) =
     /// Starts it again on the same port and storage (after `Kill`).
     member _.Restart() = start ()
 
+    /// Starts it again on the same port with its storage wiped (after `Kill`).
+    member _.RestartWithoutStorage() =
+        for d in dir.GetDirectories() do
+            d.Delete true
+
+        for f in dir.GetFiles() do
+            f.Delete()
+
+        start ()
+
     /// The names of the streams on the server, and how many messages PYPER_STAGES holds.
     member this.Leftovers() =
         withinGuard "listing streams" (fun () ->
@@ -123,9 +147,17 @@ type NatsFixture(?user: string * string) =
                 while! e.MoveNextAsync() do
                     names.Add e.Current
 
-                let! stages = js.GetStreamAsync Protocol.StagesStream
+                let! announced =
+                    if names.Contains Protocol.StagesStream then
+                        task {
+                            let! stages = js.GetStreamAsync Protocol.StagesStream
+                            return stages.Info.State.Messages
+                        }
+                    else
+                        Task.FromResult 0L
+
                 do! conn.DisposeAsync()
-                return List.ofSeq names |> List.filter ((<>) Protocol.StagesStream), stages.Info.State.Messages
+                return List.ofSeq names |> List.filter ((<>) Protocol.StagesStream), announced
             })
 
     interface IDisposable with
@@ -198,7 +230,7 @@ type WorkerHostProcess(fixture: NatsFixture, ?extra: string list) =
         member this.Dispose() = this.Kill()
 
 /// A test with a server and `n` worker hosts, checking that the run left nothing on the server.
-let private withCluster (n: int) (body: NatsFixture -> WorkerHostProcess list -> unit) () =
+let withCluster (n: int) (body: NatsFixture -> WorkerHostProcess list -> unit) () =
     use fixture = new NatsFixture()
     let workers = List.init n (fun _ -> new WorkerHostProcess(fixture))
 
@@ -211,7 +243,7 @@ let private withCluster (n: int) (body: NatsFixture -> WorkerHostProcess list ->
         for w in workers do
             (w :> IDisposable).Dispose()
 
-let private distributedTest name (n: int) body = leakTest name (withCluster n body)
+let distributedTest name (n: int) body = leakTest name (withCluster n body)
 
 let private available =
     [
@@ -327,6 +359,13 @@ let private available =
             let wrong = Stage.distributed (Remote.square, NatsServer f.Url)
             let e = catchExn (fun () -> collect (Pipeline.toSeq 1 wrong) |> ignore)
             Expect.isTrue (e :? IOException) $"IOException without credentials, got {e}")
+
+        distributedTest
+            "C# facade: DistributedStage.Map with |, the fluent MapDistributed, failures, refusals"
+            2
+            (fun f _ ->
+                withinGuard "the C# checks" (fun () ->
+                    task { do! Pyper.CSharp.Tests.DistributedFacadeTests.Check f.Server }))
 
         testCase "a capturing closure is refused when the stage is built, as for processes" (fun () ->
             let k = Environment.ProcessorCount

@@ -25,6 +25,7 @@ let private all =
             HardeningTests.tests
             ProcessHardeningTests.tests
             DistributedTests.tests
+            DistributedFaultTests.tests
             ObservabilityTests.tests
             ProgressTests.tests
             PolicyTests.tests
@@ -32,6 +33,7 @@ let private all =
             RateLimitTests.tests
             ProcessPolicyTests.tests
             Campaign.tests
+            DistributedCampaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All
             Pyper.CSharp.Tests.ProcessHardeningTests.All
@@ -69,6 +71,10 @@ let private runTests (argv: string[]) =
 [<EntryPoint>]
 let main argv =
     match argv with
-    | [| "--soak"; cases |] -> Campaign.soak (int cases)
+    | [| "--soak"; cases |] ->
+        let local = Campaign.soak (int cases)
+        // The distributed share: a fiftieth of the cases (each starts queues on a server), at least 20.
+        let distributed = DistributedCampaign.soak (max 20 (int cases / 50))
+        max local distributed
     | [| "--progress-demo" |] -> ProgressTests.demo ()
     | _ -> runTests argv
