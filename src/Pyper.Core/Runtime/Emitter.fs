@@ -18,6 +18,8 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
     let mutable k = 0
     let mutable ticket = 0L
     let mutable hasTurn = true
+    /// How `EmitAsync` waits (made on its first use: blocking emitters never need it).
+    let mutable waiter: AsyncWaiter = null
 
     member _.Begin(t: int64) =
         ticket <- t
@@ -76,7 +78,10 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
                 do! Wait.turnAsync turnstile ticket
                 hasTurn <- true
 
-            do! Wait.writeAsync output buf k
+            if isNull waiter then
+                waiter <- AsyncWaiter()
+
+            do! Wait.writeWith waiter output buf k
             this.Counted()
             this.Flushed()
         }

@@ -130,11 +130,12 @@ module internal Interpreter =
         let pump () : Task =
             task {
                 let em = Emitter<'a>(q, null)
+                let waiter = AsyncWaiter()
 
                 let flush () : Task =
                     task {
                         do! em.EmitAsync()
-                        do! Wait.roomAsync q
+                        do! Wait.roomWith waiter q
                     }
 
                 let add x : Task =
@@ -143,7 +144,7 @@ module internal Interpreter =
                     else
                         Task.CompletedTask
 
-                do! Wait.roomAsync q
+                do! Wait.roomWith waiter q
 
                 do!
                     AsyncStream.forEach
