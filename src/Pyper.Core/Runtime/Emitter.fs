@@ -10,11 +10,39 @@ module internal Buffers =
         if RuntimeHelpers.IsReferenceOrContainsReferences<'T>() then
             Array.Clear(buf, 0, n)
 
+/// A worker's input buffer (and output buffer, for a map stage). They start with room for one
+/// item and double (up to `MaxBatch`) each time a take fills them while the batch limit allows
+/// more, so a short run allocates little; a buffer is empty (cleared) whenever it grows.
+[<Sealed>]
+type internal WorkerBuffers<'a, 'b>(withOutput: bool) =
+    let mutable input: 'a[] = Array.zeroCreate 1
+    let mutable output: 'b[] = if withOutput then Array.zeroCreate 1 else null
+    let mutable full = false
+
+    member _.In = input
+    member _.Out = output
+
+    /// Before a take: the most items it may take, for a batch limit of `limit`.
+    member _.Fit(limit: int) =
+        if full && input.Length < limit then
+            let size = min Tuning.MaxBatch (2 * input.Length)
+            input <- Array.zeroCreate size
+
+            if withOutput then
+                output <- Array.zeroCreate size
+
+        full <- false
+        min limit input.Length
+
+    /// After a take: it took `n` items.
+    member _.Took(n: int) = full <- n = input.Length
+
 /// Collects a worker's outputs and hands them on: at once when the next stage is idle,
 /// else when the buffer is full or the input batch is done; ordered stages wait their turn.
 [<Sealed>]
 type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
-    let buf = Array.zeroCreate<'b> Tuning.MaxBatch
+    /// Starts small and doubles (up to MaxBatch) each time it is handed on full.
+    let mutable buf = Array.zeroCreate<'b> 16
     let mutable k = 0
     let mutable ticket = 0L
     let mutable hasTurn = true
@@ -59,6 +87,10 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
 
     member private _.Flushed() =
         Buffers.clear buf k
+
+        if k = buf.Length && k < Tuning.MaxBatch then
+            buf <- Array.zeroCreate (min Tuning.MaxBatch (2 * k))
+
         k <- 0
 
     /// Hands the buffer on, blocking for the turn and for room.

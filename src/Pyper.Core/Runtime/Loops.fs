@@ -8,15 +8,15 @@ open System.Threading.Tasks
 
 /// The stage loops: how a worker of each stage kind takes batches, calls the function and hands results on (blocking loops for dedicated threads, awaiting ones for async workers).
 module internal Loops =
-    let private newBuf<'T> () = Array.zeroCreate<'T> Tuning.MaxBatch
-
-    /// A thread worker's loop: takes batches (blocking) into `input` until the input ends,
+    /// A thread worker's loop: takes batches (blocking) into `bufs.In` until the input ends,
     /// handing each to `body n ticket`.
-    let private eachBatch (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> unit) =
+    let private eachBatch (env: WorkerEnv<'a, 'b>) (bufs: WorkerBuffers<'a, _>) (body: int -> int64 -> unit) =
         let mutable go = true
 
         while go do
-            let struct (n, ticket) = Wait.take env.Input input env.Sizer.Limit false
+            let limit = bufs.Fit env.Sizer.Limit
+            let struct (n, ticket) = Wait.take env.Input bufs.In limit false
+            bufs.Took n
 
             if n = 0 then
                 go <- false
@@ -25,12 +25,12 @@ module internal Loops =
                 body n ticket
                 env.Probe.BatchEnd(env.Worker, start)
 
-    /// An async worker's loop: takes batches (awaiting, with `waiter`) into `input` until the
+    /// An async worker's loop: takes batches (awaiting, with `waiter`) into `bufs.In` until the
     /// input ends, handing each to `body n ticket`.
     let private eachBatchAsync
         (env: WorkerEnv<'a, 'b>)
         (waiter: AsyncWaiter)
-        (input: 'a[])
+        (bufs: WorkerBuffers<'a, _>)
         (body: int -> int64 -> Task)
         : Task =
         task {
@@ -45,10 +45,11 @@ module internal Loops =
                 waiting <- true
 
                 while waiting do
-                    let struct (k, t, w) =
-                        env.Input.TryTake(input, env.Sizer.Limit, false, waiter.Arm())
+                    let limit = bufs.Fit env.Sizer.Limit
+                    let struct (k, t, w) = env.Input.TryTake(bufs.In, limit, false, waiter.Arm())
 
                     if isNull w then
+                        bufs.Took k
                         n <- k
                         ticket <- t
                         waiting <- false
@@ -64,10 +65,10 @@ module internal Loops =
         }
 
     let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
-        let input = newBuf<'a>()
-        let output = newBuf<'b>()
+        let bufs = WorkerBuffers<'a, 'b>(true)
 
-        eachBatch env input (fun n ticket ->
+        eachBatch env bufs (fun n ticket ->
+            let input, output = bufs.In, bufs.Out
             let start = Stopwatch.GetTimestamp()
 
             for i in 0 .. n - 1 do
@@ -92,12 +93,12 @@ module internal Loops =
     /// hands the results on (in input order when ordered) and releases the input.
     /// `runBatch` answers what the batch cost, in Stopwatch ticks.
     let mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task<int64>) (env: WorkerEnv<'a, 'b>) : Task =
-        let input = newBuf<'a>()
-        let output = newBuf<'b>()
+        let bufs = WorkerBuffers<'a, 'b>(true)
         let waiter = AsyncWaiter()
 
-        eachBatchAsync env waiter input (fun n ticket ->
+        eachBatchAsync env waiter bufs (fun n ticket ->
             task {
+                let input, output = bufs.In, bufs.Out
                 let! cost = runBatch input n output
                 env.Sizer.RecordCost(n, cost)
                 Buffers.clear input n
@@ -120,8 +121,7 @@ module internal Loops =
     /// a batch allocates anything.
     let mapPool (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
         let token = env.Ctx.Token
-        let input = newBuf<'a>()
-        let output = newBuf<'b>()
+        let bufs = WorkerBuffers<'a, 'b>(true)
         let waiter = AsyncWaiter()
 
         task {
@@ -138,10 +138,11 @@ module internal Loops =
                 waiting <- true
 
                 while waiting do
-                    let struct (k, t, w) =
-                        env.Input.TryTake(input, env.Sizer.Limit, false, waiter.Arm())
+                    let limit = bufs.Fit env.Sizer.Limit
+                    let struct (k, t, w) = env.Input.TryTake(bufs.In, limit, false, waiter.Arm())
 
                     if isNull w then
+                        bufs.Took k
                         n <- k
                         ticket <- t
                         waiting <- false
@@ -151,6 +152,7 @@ module internal Loops =
                 if n = 0 then
                     go <- false
                 else
+                    let input, output = bufs.In, bufs.Out
                     let batchStart = env.Probe.BatchStart(env.Worker, n)
                     let start = Stopwatch.GetTimestamp()
                     i <- 0
@@ -219,10 +221,11 @@ module internal Loops =
                 Task.CompletedTask)
 
     let branchThread (f: 'a -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
-        let input = newBuf<'a>()
+        let bufs = WorkerBuffers<'a, 'b>(false)
         let em = Emitter<'b>(env.Output, env.Turnstile, Probe = env.Probe)
 
-        eachBatch env input (fun n ticket ->
+        eachBatch env bufs (fun n ticket ->
+            let input = bufs.In
             em.Begin ticket
             let start = Stopwatch.GetTimestamp()
 
@@ -236,12 +239,13 @@ module internal Loops =
             env.Input.Release n)
 
     let branchPool (f: 'a -> CancellationToken -> IAsyncEnumerable<'b>) (env: WorkerEnv<'a, 'b>) : Task =
-        let input = newBuf<'a>()
+        let bufs = WorkerBuffers<'a, 'b>(false)
         let em = Emitter<'b>(env.Output, env.Turnstile, Probe = env.Probe)
         let token = env.Ctx.Token
 
-        eachBatchAsync env (AsyncWaiter()) input (fun n ticket ->
+        eachBatchAsync env (AsyncWaiter()) bufs (fun n ticket ->
             task {
+                let input = bufs.In
                 em.Begin ticket
                 let start = Stopwatch.GetTimestamp()
                 let mutable i = 0
