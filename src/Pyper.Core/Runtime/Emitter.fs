@@ -41,7 +41,7 @@ type internal WorkerBuffers<'a, 'b>(withOutput: bool) =
 /// else when the buffer is full or the input batch is done; ordered stages wait their turn.
 [<Sealed>]
 type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
-    /// Starts small and doubles (up to MaxBatch) each time it is handed on full.
+    /// Starts small and doubles as it fills, up to MaxBatch (a short run allocates little).
     let mutable buf = Array.zeroCreate<'b> 16
     let mutable k = 0
     let mutable ticket = 0L
@@ -57,9 +57,15 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
     /// go now (our turn) and either the next stage is idle or `eager` says the producer
     /// may block before its next item (a sequence that is not an in-memory collection).
     member this.Add(x: 'b, eager: bool) =
+        if k = buf.Length then
+            let grown = Array.zeroCreate (min Tuning.MaxBatch (2 * buf.Length))
+            Array.Copy(buf, grown, k)
+            Buffers.clear buf k
+            buf <- grown
+
         buf[k] <- x
         k <- k + 1
-        k = buf.Length || ((eager || output.HasWaitingReader) && this.CanFlushNow)
+        k = Tuning.MaxBatch || ((eager || output.HasWaitingReader) && this.CanFlushNow)
 
     /// True when the buffer holds items that may be handed on now without waiting for the turn.
     member this.CanFlushNow = k > 0 && isNull (this.TryTurn())
@@ -87,10 +93,6 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
 
     member private _.Flushed() =
         Buffers.clear buf k
-
-        if k = buf.Length && k < Tuning.MaxBatch then
-            buf <- Array.zeroCreate (min Tuning.MaxBatch (2 * k))
-
         k <- 0
 
     /// Hands the buffer on, blocking for the turn and for room.
