@@ -51,6 +51,26 @@ public static class Loop
         return 0;
     }
 
+    /// <summary>Runs the first-result scenario (one item, 3 trivial stages) with Pyper's thread stages,
+    /// async stages or the Channels peer until <paramref name="time"/> is up: time and bytes per run.</summary>
+    public static int First(string who, TimeSpan time)
+    {
+        int[] one = [1];
+        var threads = Peers.FSharpPipeline(3, 1, Stage.DefaultCapacity, Work.Of(x => x + 1));
+        var async = Peers.CSharpPipeline(3, 1, Stage.DefaultCapacity, Work.Of(x => Task.FromResult(x + 1)));
+        Func<long> once = who switch
+        {
+            "threads" => () => Peers.RunFSharp(threads, one),
+            "async" => () => Peers.RunCSharp(async, one).Result,
+            "Channels" => () => Peers.Channels(one, 3, 1, Stage.DefaultCapacity, Work.Of(x => x + 1)).Result,
+            _ => throw new ArgumentException($"--loop-first: unknown system '{who}' (threads, async, Channels)"),
+        };
+
+        var (runs, elapsed, cpu, allocated) = Repeat(once, time);
+        Console.WriteLine($"{who}: {runs} runs, {elapsed.TotalMicroseconds / runs:F1} µs per run, CPU {cpu.TotalMicroseconds / runs:F1} µs per run, {allocated / runs} B per run");
+        return 0;
+    }
+
     /// <summary>Runs <paramref name="once"/> once to warm up, then again until <paramref name="time"/> is up:
     /// how many runs, how long they took, this process's CPU time and the bytes allocated meanwhile.</summary>
     private static (int Runs, TimeSpan Elapsed, TimeSpan Cpu, long Allocated) Repeat(Func<long> once, TimeSpan time)

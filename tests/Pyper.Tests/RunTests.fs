@@ -214,43 +214,61 @@ let tests =
                 remote.RecordCost(1, int64 (0.8 * ms)) // 0.8 ms per item
                 Expect.equal remote.Limit 2 "0.8 ms items across processes: 2 per batch")
 
-            leakTest "the hand-off allocates nothing per batch: twice the items, no more allocations" (fun () ->
-                let inc = Stage.map ((fun (x: int) -> x + 1), name = "inc")
-                let p = inc >=> inc >=> inc
-                let n = 1_000_000
+            // Thread stages, and async ones (their waits and batches reuse one waiter per worker).
+            let inc = Stage.map ((fun (x: int) -> x + 1), name = "inc")
 
-                let awaited (source: int[]) =
-                    (task {
-                        let e = (Pipeline.streamFromSeq source p).GetAsyncEnumerator()
-                        let mutable count = 0
+            let incValueTask =
+                Stage.mapValueTask ((fun (x: int) -> ValueTask<int>(x + 1)), name = "incVT")
 
-                        while! e.MoveNextAsync() do
-                            count <- count + 1
+            let ready = Task.FromResult 1 // the user's function allocates nothing either
+            let one = Stage.mapTask ((fun (_: int) -> ready), name = "one")
 
-                        do! e.DisposeAsync()
-                        return count
-                    })
-                        .Result
+            for stages, p in
+                [
+                    "thread stages", inc >=> inc >=> inc
+                    "async stages", incValueTask >=> one >=> incValueTask
+                ] do
+                leakTest
+                    $"the hand-off allocates nothing per batch or wait ({stages}): twice the items, no more allocations"
+                    (fun () ->
+                        let n = 1_000_000
 
-                let blocking (source: int[]) =
-                    Seq.length (Pipeline.toSeqFrom source p)
+                        let awaited (source: int[]) =
+                            (task {
+                                let e = (Pipeline.streamFromSeq source p).GetAsyncEnumerator()
+                                let mutable count = 0
 
-                for consumer, count in [ "blocking", blocking; "awaiting", awaited ] do
-                    // The least of three runs: other threads of the process allocate now and then.
-                    let allocated (items: int) =
-                        let source = Array.init items id
-                        count source |> ignore // warm up
+                                while! e.MoveNextAsync() do
+                                    count <- count + 1
 
-                        List.min
-                            [
-                                for _ in 1..3 do
-                                    let before = GC.GetTotalAllocatedBytes true
-                                    Expect.equal (count source) items $"{consumer}: every item"
-                                    GC.GetTotalAllocatedBytes true - before
-                            ]
+                                do! e.DisposeAsync()
+                                return count
+                            })
+                                .Result
 
-                    let once, twice = allocated n, allocated (2 * n)
-                    // At least 1,000 more batches per stage: 24 bytes each would be 0.1 B per item.
-                    let perExtraItem = float (twice - once) / float n
-                    Expect.isLessThan perExtraItem 0.02 $"{consumer}: {once} B for {n} items, {twice} B for {2 * n}")
+                        let blocking (source: int[]) =
+                            Seq.length (Pipeline.toSeqFrom source p)
+
+                        for consumer, count in [ "blocking", blocking; "awaiting", awaited ] do
+                            // The least of three runs: other threads of the process allocate now and then.
+                            let allocated (items: int) =
+                                let source = Array.init items id
+                                count source |> ignore // warm up
+
+                                List.min
+                                    [
+                                        for _ in 1..3 do
+                                            let before = GC.GetTotalAllocatedBytes true
+                                            Expect.equal (count source) items $"{consumer}: every item"
+                                            GC.GetTotalAllocatedBytes true - before
+                                    ]
+
+                            let once, twice = allocated n, allocated (2 * n)
+                            // At least 1,000 more batches per stage: 24 bytes each would be 0.1 B per item.
+                            let perExtraItem = float (twice - once) / float n
+
+                            Expect.isLessThan
+                                perExtraItem
+                                0.02
+                                $"{stages}, {consumer}: {once} B for {n} items, {twice} B for {2 * n}")
         ]

@@ -20,7 +20,13 @@ type StageKind =
 [<Sealed>]
 type StageInfo
     internal (name: string option, kind: StageKind, executor: Executor, workers: int, capacity: int, ordered: bool) =
-    static let label (kind: StageKind) = kind.ToString().ToLowerInvariant()
+    static let label (kind: StageKind) =
+        match kind with
+        | StageKind.Map -> "map"
+        | StageKind.Branch -> "branch"
+        | StageKind.Join -> "join"
+        | StageKind.Batch -> "batch"
+        | k -> k.ToString().ToLowerInvariant()
 
     static let executorLabel (executor: Executor) =
         match executor with
@@ -67,7 +73,9 @@ module internal StageInfo =
     let runName (index: int) (s: StageInfo) =
         match s.GivenName with
         | Some n -> n
-        | None -> $"{label s.Kind} #{index}"
+        // Concatenated, not interpolated: this runs for every stage of every run, and an
+        // interpolated string goes through the printf machinery (microseconds).
+        | None -> System.String.Concat(label s.Kind, " #", string index)
 
 namespace Pyper.FSharp
 

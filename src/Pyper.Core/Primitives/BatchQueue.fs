@@ -63,6 +63,11 @@ type internal BatchQueue<'T>(capacity: int) =
     /// Items waiting to be taken (a snapshot, for the queue-length gauge).
     member _.Count = Volatile.Read &count
 
+    /// True when a take would not wait: items are waiting, or the queue is complete or aborted
+    /// (a racy snapshot, for a reader deciding whether to spin a little before it registers).
+    member _.Ready =
+        Volatile.Read &count > 0 || Volatile.Read &completed || Volatile.Read &aborted
+
     /// Room left for writers (a snapshot; only the single writer of a source queue relies on it).
     member _.Free = bound - occupied
 

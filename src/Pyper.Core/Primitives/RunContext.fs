@@ -57,6 +57,9 @@ type internal RunContext(userToken: CancellationToken) =
     let mutable error: exn = null
     let mutable stages = 0
     let mutable registration = Unchecked.defaultof<CancellationTokenRegistration>
+    /// 1 once the token source is disposed: cancelling then is skipped rather than thrown and
+    /// caught (an ended run's consumer disposing it would otherwise throw once per run).
+    let mutable disposed = 0
     let telemetry = RunTelemetry()
 
     static let tag (e: exn) (key: string) (value: obj) =
@@ -114,7 +117,7 @@ type internal RunContext(userToken: CancellationToken) =
 
                     false)
 
-        if first then
+        if first && Volatile.Read &disposed = 0 then
             try
                 cts.Cancel()
             with :? ObjectDisposedException ->
@@ -145,10 +148,11 @@ type internal RunContext(userToken: CancellationToken) =
 
     /// Stops the run: every queue and turnstile wakes its waiters, who then leave.
     member _.Cancel() =
-        try
-            cts.Cancel()
-        with :? ObjectDisposedException ->
-            () // the run had already finished
+        if Volatile.Read &disposed = 0 then
+            try
+                cts.Cancel()
+            with :? ObjectDisposedException ->
+                () // the run had just finished
 
     /// True when a worker's exception is only the echo of the run stopping.
     member _.IsStopEcho(e: exn) =
@@ -229,7 +233,9 @@ type internal RunContext(userToken: CancellationToken) =
                 s ()
 
     /// Releases a run that never started.
-    member _.DisposeUnstarted() = cts.Dispose()
+    member _.DisposeUnstarted() =
+        Volatile.Write(&disposed, 1)
+        cts.Dispose()
 
     /// Completes when every worker of the run has finished and its threads have parked, and the
     /// source's pump has finished too, or is detached: once every stage is done, the pump's own
@@ -252,5 +258,6 @@ type internal RunContext(userToken: CancellationToken) =
 
             telemetry.Finish(Volatile.Read &error, cts.IsCancellationRequested)
             registration.Dispose()
+            Volatile.Write(&disposed, 1)
             cts.Dispose()
         }

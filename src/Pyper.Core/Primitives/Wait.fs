@@ -6,7 +6,8 @@ open System.Threading.Tasks
 open System.Threading.Tasks
 
 /// Blocking and awaiting forms of the queue operations. Blocking forms wait with the calling
-/// thread's `BlockingWaiter` (allocating nothing); awaiting forms with a `TaskWaiter` per wait.
+/// thread's `BlockingWaiter` (allocating nothing); awaiting forms with the caller's own
+/// `AsyncWaiter` (allocating only the task that retries, when they must wait).
 module internal Wait =
     let inline block (t: Task) = t.Wait()
 
@@ -25,9 +26,10 @@ module internal Wait =
             if not (isNull wait) then
                 me.Wait()
 
-    /// Writes all `n` items, awaiting while the queue is full.
-    let writeAsync (q: BatchQueue<'T>) (src: 'T[]) (n: int) : ValueTask =
-        let struct (k, wait) = q.TryWrite(src, 0, n, null)
+    /// Writes all `n` items, awaiting with the caller's own `w` while the queue is full (only a
+    /// write that must wait allocates: the task that retries it).
+    let writeWith (w: AsyncWaiter) (q: BatchQueue<'T>) (src: 'T[]) (n: int) : ValueTask =
+        let struct (k, wait) = q.TryWrite(src, 0, n, w.Arm())
 
         if isNull wait then
             ValueTask()
@@ -35,13 +37,14 @@ module internal Wait =
             ValueTask(
                 task {
                     let mutable off = k
-                    let mutable wait = wait
+                    do! w.Wait
 
                     while off < n do
-                        do! taskOf wait
-                        let struct (k, w) = q.TryWrite(src, off, n - off, null)
+                        let struct (k, wait) = q.TryWrite(src, off, n - off, w.Arm())
                         off <- off + k
-                        wait <- w
+
+                        if not (isNull wait) then
+                            do! w.Wait
                 }
             )
 
@@ -62,9 +65,16 @@ module internal Wait =
 
         result
 
-    /// Takes a batch, awaiting while the queue is empty; 0 items means the end.
-    let takeAsync (q: BatchQueue<'T>) (dest: 'T[]) (max: int) (release: bool) : ValueTask<struct (int * int64)> =
-        let struct (n, ticket, wait) = q.TryTake(dest, max, release, null)
+    /// Takes a batch, awaiting with the caller's own `w` while the queue is empty; 0 items means
+    /// the end (only a take that must wait allocates: the task that retries it).
+    let takeWith
+        (w: AsyncWaiter)
+        (q: BatchQueue<'T>)
+        (dest: 'T[])
+        (max: int)
+        (release: bool)
+        : ValueTask<struct (int * int64)> =
+        let struct (n, ticket, wait) = q.TryTake(dest, max, release, w.Arm())
 
         if isNull wait then
             ValueTask<_>(struct (n, ticket))
@@ -72,13 +82,13 @@ module internal Wait =
             ValueTask<struct (int * int64)>(
                 task {
                     let mutable result = struct (0, 0L)
-                    let mutable wait = wait
+                    let mutable waiting = true
 
-                    while not (isNull wait) do
-                        do! taskOf wait
-                        let struct (n, ticket, w) = q.TryTake(dest, max, release, null)
+                    while waiting do
+                        do! w.Wait
+                        let struct (n, ticket, wait) = q.TryTake(dest, max, release, w.Arm())
                         result <- struct (n, ticket)
-                        wait <- w
+                        waiting <- not (isNull wait)
 
                     return result
                 }
@@ -117,12 +127,19 @@ module internal Wait =
                 }
             )
 
-    /// Waits, awaiting, until the queue has room for one more item.
-    let roomAsync (q: BatchQueue<'T>) : ValueTask =
-        untilAsync (fun () ->
-            match q.RoomWait null with
-            | null -> null
-            | w -> taskOf w)
+    /// Waits, awaiting with the caller's own `w`, until the queue has room for one more item.
+    let roomWith (w: AsyncWaiter) (q: BatchQueue<'T>) : ValueTask =
+        if isNull (q.RoomWait(w.Arm())) then
+            ValueTask()
+        else
+            ValueTask(
+                task {
+                    do! w.Wait
+
+                    while not (isNull (q.RoomWait(w.Arm()))) do
+                        do! w.Wait
+                }
+            )
 
     /// Waits, blocking, for `ticket`'s turn.
     let turn (t: Turnstile) (ticket: int64) = until (fun () -> t.WaitTurn ticket)

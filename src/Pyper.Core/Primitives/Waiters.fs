@@ -5,7 +5,7 @@ open System.Buffers
 open System.Collections.Generic
 open System.Threading
 open System.Threading.Tasks
-open System.Threading.Tasks
+open System.Threading.Tasks.Sources
 
 /// Thrown inside the runtime when a run stops (failure, cancellation, early stop); never seen by users.
 [<Sealed>]
@@ -95,13 +95,57 @@ type internal BlockingWaiter() =
                 signalled <- true
                 Monitor.Pulse this)
 
-/// How async code waits: a task per wait (awaiting code cannot reuse one safely).
+/// How async code waits when it cannot reuse a waiter (a wait it may abandon): a task per wait.
 [<Sealed>]
 type internal TaskWaiter() =
     inherit TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
     interface IWaiter with
         member this.Signal() = this.TrySetResult() |> ignore
+
+/// How an async worker waits: one per worker, reused for every wait, so waiting allocates
+/// nothing. `Arm` re-arms it before each attempt that may register it; when the attempt did
+/// register it, the worker awaits `Wait` (a ValueTask over the waiter itself), which completes
+/// when the waiter is signalled (exactly once per registration, also when the run stops: the
+/// queue's Abort signals every waiter, and the retried attempt then raises). A wait must be
+/// awaited before the next `Arm`.
+[<Sealed; AllowNullLiteral>]
+type internal AsyncWaiter() =
+    let mutable core =
+        ManualResetValueTaskSourceCore<bool>(RunContinuationsAsynchronously = true)
+
+    /// 1 while `Signal` is inside SetResult.
+    let mutable signalling = 0
+
+    /// Re-arms the waiter for a new wait and answers it, to register.
+    member this.Arm() : IWaiter =
+        // An awaiter may resume as soon as SetResult has marked the wait complete, while the
+        // signalling thread is still inside SetResult (publishing to the continuation slot):
+        // resetting then would corrupt the next wait. Let it leave first (almost never waits).
+        if Interlocked.CompareExchange(&signalling, 0, 0) <> 0 then
+            let mutable spinner = SpinWait()
+
+            while Volatile.Read &signalling <> 0 do
+                spinner.SpinOnce()
+
+        core.Reset()
+        this
+
+    /// The wait registered since the last `Arm`.
+    member this.Wait = ValueTask(this, core.Version)
+
+    interface IWaiter with
+        member _.Signal() =
+            Interlocked.Exchange(&signalling, 1) |> ignore
+            core.SetResult true
+            Volatile.Write(&signalling, 0)
+
+    interface IValueTaskSource with
+        member _.GetResult(token) = core.GetResult token |> ignore
+        member _.GetStatus(token) = core.GetStatus token
+
+        member _.OnCompleted(continuation, state, token, flags) =
+            core.OnCompleted(continuation, state, token, flags)
 
 /// Waiters taken off a list under a lock, to be signalled once it is released.
 [<Struct; NoEquality; NoComparison>]

@@ -10,14 +10,44 @@ module internal Buffers =
         if RuntimeHelpers.IsReferenceOrContainsReferences<'T>() then
             Array.Clear(buf, 0, n)
 
+/// A worker's input buffer (and output buffer, for a map stage). They start with room for one
+/// item and double (up to `MaxBatch`) each time a take fills them while the batch limit allows
+/// more, so a short run allocates little; a buffer is empty (cleared) whenever it grows.
+[<Sealed>]
+type internal WorkerBuffers<'a, 'b>(withOutput: bool) =
+    let mutable input: 'a[] = Array.zeroCreate 1
+    let mutable output: 'b[] = if withOutput then Array.zeroCreate 1 else null
+    let mutable full = false
+
+    member _.In = input
+    member _.Out = output
+
+    /// Before a take: the most items it may take, for a batch limit of `limit`.
+    member _.Fit(limit: int) =
+        if full && input.Length < limit then
+            let size = min Tuning.MaxBatch (2 * input.Length)
+            input <- Array.zeroCreate size
+
+            if withOutput then
+                output <- Array.zeroCreate size
+
+        full <- false
+        min limit input.Length
+
+    /// After a take: it took `n` items.
+    member _.Took(n: int) = full <- n = input.Length
+
 /// Collects a worker's outputs and hands them on: at once when the next stage is idle,
 /// else when the buffer is full or the input batch is done; ordered stages wait their turn.
 [<Sealed>]
 type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
-    let buf = Array.zeroCreate<'b> Tuning.MaxBatch
+    /// Starts small and doubles as it fills, up to MaxBatch (a short run allocates little).
+    let mutable buf = Array.zeroCreate<'b> 16
     let mutable k = 0
     let mutable ticket = 0L
     let mutable hasTurn = true
+    /// How `EmitAsync` waits (made on its first use: blocking emitters never need it).
+    let mutable waiter: AsyncWaiter = null
 
     member _.Begin(t: int64) =
         ticket <- t
@@ -27,9 +57,15 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
     /// go now (our turn) and either the next stage is idle or `eager` says the producer
     /// may block before its next item (a sequence that is not an in-memory collection).
     member this.Add(x: 'b, eager: bool) =
+        if k = buf.Length then
+            let grown = Array.zeroCreate (min Tuning.MaxBatch (2 * buf.Length))
+            Array.Copy(buf, grown, k)
+            Buffers.clear buf k
+            buf <- grown
+
         buf[k] <- x
         k <- k + 1
-        k = buf.Length || ((eager || output.HasWaitingReader) && this.CanFlushNow)
+        k = Tuning.MaxBatch || ((eager || output.HasWaitingReader) && this.CanFlushNow)
 
     /// True when the buffer holds items that may be handed on now without waiting for the turn.
     member this.CanFlushNow = k > 0 && isNull (this.TryTurn())
@@ -76,7 +112,10 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
                 do! Wait.turnAsync turnstile ticket
                 hasTurn <- true
 
-            do! Wait.writeAsync output buf k
+            if isNull waiter then
+                waiter <- AsyncWaiter()
+
+            do! Wait.writeWith waiter output buf k
             this.Counted()
             this.Flushed()
         }

@@ -91,8 +91,23 @@ module internal Interpreter =
         q.Complete()
         q
 
+    /// True when `source` is an in-memory collection whose items all fit in the source queue
+    /// (only types whose count is known to be true: arrays, List, F# lists).
+    let private fitsAhead (source: seq<'a>) =
+        let rec short (l: 'a list) n =
+            match l with
+            | [] -> true
+            | _ :: rest -> n > 0 && short rest (n - 1)
+
+        match source with
+        | :? ('a[]) as a -> a.Length <= Tuning.SourceReadAhead
+        | :? List<'a> as l -> l.Count <= Tuning.SourceReadAhead
+        | :? ('a list) as l -> short l Tuning.SourceReadAhead
+        | _ -> false
+
     /// The source queue of a run over a sequence, filled by a dedicated thread (reading a
-    /// sequence may block; on a thread of its own it waits for room without allocating).
+    /// sequence may block; on a thread of its own it waits for room without allocating), or at
+    /// once when the run starts if it is a small in-memory collection.
     let ofSeq (source: seq<'a>) (ctx: RunContext) =
         let q = BatchQueue<'a>(Tuning.SourceReadAhead)
         ctx.Register q
@@ -118,7 +133,16 @@ module internal Interpreter =
             em.Emit()
             q.Complete()
 
-        ctx.OnStart(fun () -> ctx.StartSourceThread("Pyper/source", pump, sourceEnded ctx))
+        ctx.OnStart(fun () ->
+            if fitsAhead source then
+                // Cannot block: the whole source fits in the queue, and reading it is reading memory.
+                // Pumped at once, it needs no thread (a first result comes sooner).
+                try
+                    pump ()
+                with e ->
+                    sourceEnded ctx e
+            else
+                ctx.StartSourceThread("Pyper/source", pump, sourceEnded ctx))
 
         q
 
@@ -130,11 +154,12 @@ module internal Interpreter =
         let pump () : Task =
             task {
                 let em = Emitter<'a>(q, null)
+                let waiter = AsyncWaiter()
 
                 let flush () : Task =
                     task {
                         do! em.EmitAsync()
-                        do! Wait.roomAsync q
+                        do! Wait.roomWith waiter q
                     }
 
                 let add x : Task =
@@ -143,7 +168,7 @@ module internal Interpreter =
                     else
                         Task.CompletedTask
 
-                do! Wait.roomAsync q
+                do! Wait.roomWith waiter q
 
                 do!
                     AsyncStream.forEach

@@ -9,15 +9,15 @@ open System.Threading.Tasks
 
 /// The stage loops: how a worker of each stage kind takes batches, calls the function and hands results on (blocking loops for dedicated threads, awaiting ones for async workers).
 module internal Loops =
-    let private newBuf<'T> () = Array.zeroCreate<'T> Tuning.MaxBatch
-
-    /// A thread worker's loop: takes batches (blocking) into `input` until the input ends,
+    /// A thread worker's loop: takes batches (blocking) into `bufs.In` until the input ends,
     /// handing each to `body n ticket`.
-    let private eachBatch (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> unit) =
+    let private eachBatch (env: WorkerEnv<'a, 'b>) (bufs: WorkerBuffers<'a, _>) (body: int -> int64 -> unit) =
         let mutable go = true
 
         while go do
-            let struct (n, ticket) = Wait.take env.Input input env.Sizer.Limit false
+            let limit = bufs.Fit env.Sizer.Limit
+            let struct (n, ticket) = Wait.take env.Input bufs.In limit false
+            bufs.Took n
 
             if n = 0 then
                 go <- false
@@ -26,14 +26,36 @@ module internal Loops =
                 body n ticket
                 env.Probe.BatchEnd(env.Worker, start)
 
-    /// An async worker's loop: takes batches (awaiting) into `input` until the input ends,
-    /// handing each to `body n ticket`.
-    let private eachBatchAsync (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> Task) : Task =
+    /// An async worker's loop: takes batches (awaiting, with `waiter`) into `bufs.In` until the
+    /// input ends, handing each to `body n ticket`.
+    let private eachBatchAsync
+        (env: WorkerEnv<'a, 'b>)
+        (waiter: AsyncWaiter)
+        (bufs: WorkerBuffers<'a, _>)
+        (body: int -> int64 -> Task)
+        : Task =
         task {
+            // Every mutable is declared here, once: one declared inside a loop of a task would
+            // be a new ref cell each time round.
             let mutable go = true
+            let mutable n = 0
+            let mutable ticket = 0L
+            let mutable waiting = true
 
             while go do
-                let! struct (n, ticket) = Wait.takeAsync env.Input input env.Sizer.Limit false
+                waiting <- true
+
+                while waiting do
+                    let limit = bufs.Fit env.Sizer.Limit
+                    let struct (k, t, w) = env.Input.TryTake(bufs.In, limit, false, waiter.Arm())
+
+                    if isNull w then
+                        bufs.Took k
+                        n <- k
+                        ticket <- t
+                        waiting <- false
+                    else
+                        do! waiter.Wait
 
                 if n = 0 then
                     go <- false
@@ -44,10 +66,10 @@ module internal Loops =
         }
 
     let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
-        let input = newBuf<'a>()
-        let output = newBuf<'b>()
+        let bufs = WorkerBuffers<'a, 'b>(true)
 
-        eachBatch env input (fun n ticket ->
+        eachBatch env bufs (fun n ticket ->
+            let input, output = bufs.In, bufs.Out
             let start = Stopwatch.GetTimestamp()
 
             for i in 0 .. n - 1 do
@@ -72,11 +94,12 @@ module internal Loops =
     /// hands the results on (in input order when ordered) and releases the input.
     /// `runBatch` answers what the batch cost, in Stopwatch ticks.
     let mapBatches (runBatch: 'a[] -> int -> 'b[] -> Task<int64>) (env: WorkerEnv<'a, 'b>) : Task =
-        let input = newBuf<'a>()
-        let output = newBuf<'b>()
+        let bufs = WorkerBuffers<'a, 'b>(true)
+        let waiter = AsyncWaiter()
 
-        eachBatchAsync env input (fun n ticket ->
+        eachBatchAsync env waiter bufs (fun n ticket ->
             task {
+                let input, output = bufs.In, bufs.Out
                 let! cost = runBatch input n output
                 env.Sizer.RecordCost(n, cost)
                 Buffers.clear input n
@@ -84,7 +107,7 @@ module internal Loops =
                 if not (isNull env.Turnstile) then
                     do! Wait.turnAsync env.Turnstile ticket
 
-                do! Wait.writeAsync env.Output output n
+                do! Wait.writeWith waiter env.Output output n
                 env.Probe.Out n
 
                 if not (isNull env.Turnstile) then
@@ -94,23 +117,76 @@ module internal Loops =
                 env.Input.Release n
             })
 
+    /// The async map loop of an in-process stage: one task per worker for its whole life, which
+    /// awaits its queues with its own `AsyncWaiter` and calls `f` inline, so neither waiting nor
+    /// a batch allocates anything.
     let mapPool (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
         let token = env.Ctx.Token
+        let bufs = WorkerBuffers<'a, 'b>(true)
+        let waiter = AsyncWaiter()
 
-        let runBatch (input: 'a[]) n (output: 'b[]) : Task<int64> =
-            task {
-                let start = Stopwatch.GetTimestamp()
-                let mutable i = 0
+        task {
+            // Every mutable is declared here, once: one declared inside a loop of a task would
+            // be a new ref cell each time round.
+            let mutable go = true
+            let mutable n = 0
+            let mutable ticket = 0L
+            let mutable waiting = true
+            let mutable i = 0
+            let mutable off = 0
 
-                while i < n do
-                    let! r = f input[i] token
-                    output[i] <- r
-                    i <- i + 1
+            while go do
+                waiting <- true
 
-                return Stopwatch.GetTimestamp() - start
-            }
+                while waiting do
+                    let limit = bufs.Fit env.Sizer.Limit
+                    let struct (k, t, w) = env.Input.TryTake(bufs.In, limit, false, waiter.Arm())
 
-        mapBatches runBatch env
+                    if isNull w then
+                        bufs.Took k
+                        n <- k
+                        ticket <- t
+                        waiting <- false
+                    else
+                        do! waiter.Wait
+
+                if n = 0 then
+                    go <- false
+                else
+                    let input, output = bufs.In, bufs.Out
+                    let batchStart = env.Probe.BatchStart(env.Worker, n)
+                    let start = Stopwatch.GetTimestamp()
+                    i <- 0
+
+                    while i < n do
+                        let! r = f input[i] token
+                        output[i] <- r
+                        i <- i + 1
+
+                    env.Sizer.RecordCost(n, Stopwatch.GetTimestamp() - start)
+                    Buffers.clear input n
+
+                    if not (isNull env.Turnstile) then
+                        do! Wait.turnAsync env.Turnstile ticket
+
+                    off <- 0
+
+                    while off < n do
+                        let struct (k, w) = env.Output.TryWrite(output, off, n - off, waiter.Arm())
+                        off <- off + k
+
+                        if not (isNull w) then
+                            do! waiter.Wait
+
+                    env.Probe.Out n
+
+                    if not (isNull env.Turnstile) then
+                        env.Turnstile.Advance()
+
+                    Buffers.clear output n
+                    env.Input.Release n
+                    env.Probe.BatchEnd(env.Worker, batchStart)
+        }
 
     /// The exception a worker's failure comes back as: its own type when the parent has it loaded
     /// True when enumerating `items` may block between items (it is not an in-memory collection):
@@ -150,10 +226,11 @@ module internal Loops =
         pourAsyncWith (fun () -> flushNow em) em items token
 
     let branchThread (f: 'a -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
-        let input = newBuf<'a>()
+        let bufs = WorkerBuffers<'a, 'b>(false)
         let em = Emitter<'b>(env.Output, env.Turnstile, Probe = env.Probe)
 
-        eachBatch env input (fun n ticket ->
+        eachBatch env bufs (fun n ticket ->
+            let input = bufs.In
             em.Begin ticket
             let start = Stopwatch.GetTimestamp()
 
@@ -167,12 +244,13 @@ module internal Loops =
             env.Input.Release n)
 
     let branchPool (f: 'a -> CancellationToken -> IAsyncEnumerable<'b>) (env: WorkerEnv<'a, 'b>) : Task =
-        let input = newBuf<'a>()
+        let bufs = WorkerBuffers<'a, 'b>(false)
         let em = Emitter<'b>(env.Output, env.Turnstile, Probe = env.Probe)
         let token = env.Ctx.Token
 
-        eachBatchAsync env input (fun n ticket ->
+        eachBatchAsync env (AsyncWaiter()) bufs (fun n ticket ->
             task {
+                let input = bufs.In
                 em.Begin ticket
                 let start = Stopwatch.GetTimestamp()
                 let mutable i = 0
@@ -238,6 +316,7 @@ module internal Loops =
     let batch (size: int) (timeout: TimeSpan option) (env: WorkerEnv<'a, 'a[]>) : Task =
         task {
             let one = Array.zeroCreate<'a[]> 1
+            let writer = AsyncWaiter()
             let take = Array.zeroCreate<'a>(min Tuning.MaxBatch size)
             let first = min Tuning.MaxBatch size
             let mutable group = Array.zeroCreate<'a> first
@@ -250,7 +329,7 @@ module internal Loops =
                 group <- Array.zeroCreate first
                 k <- 0
                 env.Probe.Out 1
-                Wait.writeAsync env.Output one 1
+                Wait.writeWith writer env.Output one 1
 
             while go do
                 let struct (n, _, waiter) =

@@ -431,31 +431,38 @@ module internal Policies =
         let input = Array.zeroCreate<'a> Tuning.MaxBatch
         let output = Array.zeroCreate<'b> Tuning.MaxBatch
         let token = env.Ctx.Token
+        let waiter = AsyncWaiter()
 
         task {
+            // Mutables are declared once, here: inside a loop of a task each would be a new ref cell.
             let mutable go = true
+            let mutable k = 0
+            let mutable i = 0
+            let mutable attempts = 0
+            let mutable pending = true
+            let mutable failure: exn = null
 
             while go do
                 let limit = if single then 1 else env.Sizer.Limit
-                let! struct (n, ticket) = Wait.takeAsync env.Input input limit false
+                let! struct (n, ticket) = Wait.takeWith waiter env.Input input limit false
 
                 if n = 0 then
                     go <- false
                 else
                     let start = Stopwatch.GetTimestamp()
-                    let mutable k = 0
-                    let mutable i = 0
+                    k <- 0
+                    i <- 0
 
                     while i < n do
                         let x = input[i]
-                        let mutable attempts = 0
-                        let mutable pending = true
+                        attempts <- 0
+                        pending <- true
 
                         while pending do
                             attempts <- attempts + 1
                             do! ready ()
                             let! lease = permitAsync env p
-                            let mutable failure = null
+                            failure <- null
 
                             try
                                 try
@@ -483,7 +490,7 @@ module internal Policies =
                         do! Wait.turnAsync env.Turnstile ticket
 
                     if k > 0 then
-                        do! Wait.writeAsync env.Output output k
+                        do! Wait.writeWith waiter env.Output output k
                         env.Probe.Out k
 
                     if not (isNull env.Turnstile) then

@@ -20,7 +20,8 @@ type internal IBlockingRuns<'b> =
 [<Sealed>]
 type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> BatchQueue<'a>, token: CancellationToken) =
     let ctx = RunContext token
-    let buf = Array.zeroCreate<'b> Tuning.MaxBatch
+    /// The batch being consumed: starts small, doubles (up to MaxBatch) each time a take fills it.
+    let mutable buf = Array.zeroCreate<'b> 16
     let mutable final: BatchQueue<'b> = null
     let mutable pos = 0
     let mutable len = 0
@@ -79,8 +80,11 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         true
 
     /// Hands the consumed batch's room back and tries to take the next batch: Some true when
-    /// one landed, None when `waiter` was registered, else the end (Some false).
-    let tryRefill (waiter: IWaiter) =
+    /// one landed, None when `waiter` was registered, else the end (Some false). With `spin`,
+    /// an empty queue is watched briefly before registering, as a blocking wait spins before it
+    /// sleeps: the next batch usually comes within microseconds, sooner than a wake-up through
+    /// the thread pool would.
+    let tryRefill (waiter: IWaiter) (spin: bool) =
         if isNull final then
             start ()
 
@@ -89,6 +93,10 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
                 Buffers.clear buf len // results not yielded (the run failed meanwhile)
 
             final.Release len
+
+            if len = buf.Length && len < Tuning.MaxBatch then
+                buf <- Array.zeroCreate (min Tuning.MaxBatch (2 * len))
+
             len <- 0
             pos <- 0
 
@@ -96,7 +104,13 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         if not (isNull ctx.Error) then
             raise (RunAbortedException())
 
-        let struct (n, _, wait) = final.TryTake(buf, Tuning.MaxBatch, false, waiter)
+        if spin && not final.Ready then
+            let mutable spinner = SpinWait()
+
+            while not final.Ready && spinner.Count < Tuning.SpinBeforeBlocking do
+                spinner.SpinOnce -1
+
+        let struct (n, _, wait) = final.TryTake(buf, buf.Length, false, waiter)
 
         if n > 0 then
             len <- n
@@ -134,7 +148,7 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
                 let mutable answer = ValueNone
 
                 while answer.IsNone do
-                    answer <- tryRefill me
+                    answer <- tryRefill me false
 
                     if answer.IsNone then
                         me.Wait()
@@ -172,7 +186,7 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         /// The wait of a pending MoveNextAsync is over: take the batch (or see the end).
         member this.Signal() =
             try
-                match tryRefill this with
+                match tryRefill this false with
                 | ValueSome true -> pending.SetResult(next ())
                 | ValueSome false -> this.Complete(ended ())
                 | ValueNone -> () // registered again (cannot happen with one reader, but harmless)
@@ -199,7 +213,7 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
                 try
                     pending.Reset()
 
-                    match tryRefill this with
+                    match tryRefill this true with
                     | ValueSome true -> ValueTask<bool>(next ())
                     | ValueSome false -> ValueTask<bool>(ended ())
                     | ValueNone -> ValueTask<bool>(this, pending.Version)

@@ -14,6 +14,7 @@ type internal QueueStream<'a>(q: BatchQueue<'a>) =
     let mutable len = 0
     let mutable current = Unchecked.defaultof<'a>
     let mutable claimed = 0
+    let waiter = AsyncWaiter()
 
     member private _.Claim() =
         if Interlocked.Exchange(&claimed, 1) = 1 then
@@ -65,7 +66,7 @@ type internal QueueStream<'a>(q: BatchQueue<'a>) =
                     if pos < len then
                         ValueTask<bool>(this.Next())
                     else
-                        let t = Wait.takeAsync q buf Tuning.MaxBatch true
+                        let t = Wait.takeWith waiter q buf Tuning.MaxBatch true
 
                         if t.IsCompletedSuccessfully then
                             let struct (n, _) = t.Result

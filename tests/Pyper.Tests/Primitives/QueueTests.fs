@@ -1,6 +1,6 @@
 /// The batch queue between stages: one contract, run with blocking access (dedicated threads,
-/// `Wait.write` / `Wait.take`) and awaiting access (`Wait.writeAsync` / `Wait.takeAsync`), on a
-/// bounded and an unbounded queue.
+/// `Wait.write` / `Wait.take`) and awaiting access (`Wait.writeWith` / `Wait.takeWith`), on a
+/// bounded and an unbounded queue; and async workers reusing one `AsyncWaiter` for every wait.
 module Pyper.Tests.Primitives.QueueTests
 
 open System
@@ -40,12 +40,12 @@ let internal blocking =
 let internal awaiting =
     {
         Name = "awaiting"
-        Write = fun q xs -> task { do! Wait.writeAsync q xs xs.Length }
+        Write = fun q xs -> task { do! Wait.writeWith (AsyncWaiter()) q xs xs.Length }
         Take =
             fun q max release ->
                 task {
                     let buf = Array.zeroCreate max
-                    let! struct (n, ticket) = Wait.takeAsync q buf max release
+                    let! struct (n, ticket) = Wait.takeWith (AsyncWaiter()) q buf max release
                     return Array.sub buf 0 n, ticket
                 }
     }
@@ -176,6 +176,93 @@ let internal contract (access: Access) (capacity: int) =
                     Expect.equal (drain access q).Length 100_000 "all there")
         ]
 
+/// An async reader that reuses one waiter for all its takes, as a stage's worker does: the items
+/// it read (releasing each batch), until the end.
+let private readAll (q: BatchQueue<int>) (max: int) : Task<ResizeArray<int>> =
+    task {
+        let waiter = AsyncWaiter()
+        let buf = Array.zeroCreate max
+        let seen = ResizeArray<int>()
+        let mutable go = true
+
+        while go do
+            let! struct (n, _) = Wait.takeWith waiter q buf max true
+
+            if n = 0 then
+                go <- false
+            else
+                for i in 0 .. n - 1 do
+                    seen.Add buf[i]
+
+        return seen
+    }
+
+/// An async writer that reuses one waiter for all its writes, `batch` items at a time.
+let private writeAll (q: BatchQueue<int>) (items: int) (batch: int) : Task =
+    task {
+        let waiter = AsyncWaiter()
+        let buf = Array.zeroCreate batch
+        let mutable next = 0
+
+        while next < items do
+            let n = min batch (items - next)
+
+            for i in 0 .. n - 1 do
+                buf[i] <- next + i
+
+            do! Wait.writeWith waiter q buf n
+            next <- next + n
+
+        q.Complete()
+    }
+
+let private reused =
+    testList
+        "one waiter reused for every wait"
+        [
+            // Every item waits on a full or an empty queue: hundreds of thousands of waits each
+            // side, racing their signals with the resets of the next wait.
+            for writerBatch, readerBatch in [ 1, 1; 3, 2 ] do
+                testCase $"async writer and reader, capacity 1, batches of {writerBatch} and {readerBatch}" (fun () ->
+                    let items = 200_000
+                    let q = BatchQueue<int>(1)
+                    q.AddReaders 1
+
+                    let reader =
+                        Task.Run<ResizeArray<int>>(Func<Task<ResizeArray<int>>>(fun () -> readAll q readerBatch))
+
+                    let writer = Task.Run(Func<Task>(fun () -> writeAll q items writerBatch))
+                    awaitUnit "the writer" writer
+                    let seen = await "the reader" reader
+                    Expect.sequenceEqual seen [ 0 .. items - 1 ] "every item, once, in order")
+
+            testCase "a blocking writer and an async reader, capacity 1" (fun () ->
+                let items = 100_000
+                let q = BatchQueue<int>(1)
+                q.AddReaders 1
+
+                let reader =
+                    Task.Run<ResizeArray<int>>(Func<Task<ResizeArray<int>>>(fun () -> readAll q 1))
+
+                let writer =
+                    onThread (fun () ->
+                        for i in 0 .. items - 1 do
+                            Wait.write q [| i |] 1
+
+                        q.Complete())
+
+                awaitUnit "the writer" writer
+                let seen = await "the reader" reader
+                Expect.sequenceEqual seen [ 0 .. items - 1 ] "every item, once, in order")
+
+            testCase "a waiting reader's reused waiter hears the abort" (fun () ->
+                let q = BatchQueue<int>(1)
+                let reader = readAll q 1
+                Expect.isFalse reader.IsCompleted "waiting on the empty queue"
+                (q :> IAbortable).Abort()
+                throwsFrom<RunAbortedException> "the reader" reader)
+        ]
+
 let tests =
     testList
         "batch queue"
@@ -183,4 +270,6 @@ let tests =
             for access in [ blocking; awaiting ] do
                 for capacity in [ 3; 0 ] do
                     contract access capacity
+
+            reused
         ]
