@@ -1,6 +1,7 @@
 // Run by `dotnet fsi build.fsx test`: a function defined in an FSI session cannot run in worker
 // processes, and the stage says so when it is built (not on the first item).
 #r "../../src/Pyper.Core/bin/Release/net10.0/Pyper.Core.dll"
+#r "../../src/Pyper.Core/bin/Release/net10.0/System.Threading.RateLimiting.dll"
 
 open System
 open Pyper.FSharp
