@@ -116,14 +116,19 @@ module Generic =
     let describe<'T> () =
         Stage.map ((fun (x: int) -> typeof<'T>.Name + string x), multiprocess = true)
 
-/// What the wire does to a value: the parent's batch framing, the worker's reading and its reply.
+/// What the wire does to a value: the parent's batch framing, the worker's reading and its reply
+/// (both through the codec of 'T).
 let wireRoundTrip (x: 'T) : 'T =
-    let buffer = Buffers.ArrayBufferWriter<byte>()
-    let n = Wire.serializeBatch [| x |] 0 1 buffer
-    Expect.equal n 1 "one item"
-    let items = JsonSerializer.Deserialize<'T[]>(buffer.WrittenSpan, Wire.options)
-    let reply = JsonSerializer.SerializeToUtf8Bytes(items, Wire.options)
-    (JsonSerializer.Deserialize<'T[]>(ReadOnlySpan reply, Wire.options))[0]
+    let codec = Codecs.get<'T>()
+
+    let pass (items: 'T[]) =
+        let buffer = Buffers.ArrayBufferWriter<byte>()
+        Expect.equal (codec.Write(items, 0, 1, Wire.BatchBytes, buffer)) 1 "one item"
+        let back = Array.zeroCreate<'T> 1
+        Expect.equal (codec.Read(buffer.WrittenSpan, back, 0)) 1 "one item back"
+        back
+
+    (pass (pass [| x |]))[0]
 
 /// Floats without NaN, so that structural equality can compare what comes back (NaN and the
 /// infinities have a test of their own).

@@ -27,7 +27,7 @@ module internal Loops =
 
     /// An async worker's loop: takes batches (awaiting) into `input` until the input ends,
     /// handing each to `body n ticket`.
-    let private eachBatchAsync (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> Task) : Task =
+    let internal eachBatchAsync (env: WorkerEnv<'a, 'b>) (input: 'a[]) (body: int -> int64 -> Task) : Task =
         task {
             let mutable go = true
 

@@ -1,6 +1,7 @@
 namespace Pyper
 
 open System
+open System.Buffers
 open System.Diagnostics
 open System.IO
 open System.Net.Sockets
@@ -90,6 +91,58 @@ module internal ProcessHost =
         let f = m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(a, b), target)
         Activator.CreateInstance(typedefof<BatchRunner<_, _>>.MakeGenericType(a, b), f) :?> IBatchRunner
 
+    /// The process executor's runner of a stage (`Shape` and function, as the parent sent them).
+    let internal stageRunner (shape: Shape) (r: FunctionRef) : IStageRunner =
+        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
+        resolveIn (Path.GetDirectoryName r.Assembly)
+        let t, m = r.Resolve assembly
+
+        let target =
+            if r.Instance then
+                Activator.CreateInstance(t, true)
+            else
+                null
+
+        let seqOf (e: Type) =
+            typedefof<Collections.Generic.IEnumerable<int>>.MakeGenericType e
+
+        let a, b = Runners.itemTypes shape m
+
+        let fp, fr =
+            match shape with
+            | Shape.Map -> a, b
+            | Shape.Branch -> a, seqOf b
+            | Shape.Join -> seqOf a, b
+            | _ -> seqOf a, seqOf b
+
+        let f = m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(fp, fr), target)
+
+        try
+            Runtime.CompilerServices.RuntimeHelpers.PrepareMethod m.MethodHandle
+        with _ ->
+            () // generic or dynamic methods compile on first call instead
+
+        let make =
+            typeof<IStageRunner>
+                .Assembly.GetType("Pyper.Runners", true)
+                .GetMethod("make", BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic)
+                .MakeGenericMethod(a, b)
+
+        make.Invoke(null, [| box shape; box f |]) :?> IStageRunner
+
+    /// Answers a failure (unless the parent has gone: then false).
+    let private answerFailure (link: WorkerLink) (e: exn) =
+        match e with
+        | :? ParentGoneException -> false
+        | e ->
+            try
+                link.Begin()
+                link.Frame.Writer.Write(ReadOnlySpan(RemoteFailures.encode e))
+                link.Send Wire.Failure
+                true
+            with :? ParentGoneException ->
+                false
+
     /// The worker's main loop: connect, learn the function, then answer batches until the parent closes.
     let run (args: string[]) : int =
         let arg name =
@@ -101,30 +154,38 @@ module internal ProcessHost =
         resolveIn AppContext.BaseDirectory
 
         use stream = new NetworkStream(WorkerChannel.connect (arg "--socket"), true)
-        let mutable run = Unchecked.defaultof<IBatchRunner>
+        let link = WorkerLink(stream)
+        let mutable run = Unchecked.defaultof<IStageRunner>
         let mutable go = true
 
         while go do
             let frame =
                 try
-                    Wire.readSync stream
+                    link.Reader.Read()
                 with :? IOException ->
-                    None // the parent reset the connection: as good as closed
+                    false // the parent reset the connection: as good as closed
 
-            match frame with
-            | None -> go <- false
-            | Some(kind, payload) when kind = Wire.Init -> run <- runner (FunctionRef.Decode payload)
-            | Some(_, payload) ->
-                let reply =
+            if not frame then
+                go <- false
+            elif link.Reader.Kind = Wire.Init then
+                let payload = link.Reader.Payload
+
+                run <-
+                    stageRunner
+                        (LanguagePrimitives.EnumOfValue<byte, Shape> payload[0])
+                        (FunctionRef.Decode(payload.Slice(1).ToArray()))
+
+                if run.Shape = Shape.Join || run.Shape = Shape.JoinMany then
+                    // The parent may stop the run (and close the connection) meanwhile.
                     try
-                        Wire.Results, run.Run payload
-                    with e ->
-                        Wire.Failure, RemoteFailures.encode e
-
-                // The parent may stop the run (and close the connection) while this batch ran.
+                        run.Join link
+                    with :? ParentGoneException ->
+                        go <- false
+            elif link.Reader.Kind = Wire.Batch then
+                // The parent may stop the run (and close the connection) while this batch runs.
                 try
-                    Wire.writeSync stream (fst reply) (snd reply)
-                with :? IOException ->
-                    go <- false
+                    run.Batch(link.Reader.Payload, link)
+                with e ->
+                    go <- answerFailure link e
 
         0

@@ -14,7 +14,12 @@ module internal ProcessWorkers =
 
     /// A worker process with the stage's function sent to it. A parked worker may have died since
     /// it parked: then this takes (or starts) another.
-    let rec private connect (fref: FunctionRef) (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
+    let rec private connect
+        (shape: Shape)
+        (fref: FunctionRef)
+        (stage: string)
+        (token: CancellationToken)
+        : Task<WorkerProcess> =
         task {
             let! w = WorkerPool.acquire stage token
             let pid = w.Process.Id
@@ -22,7 +27,7 @@ module internal ProcessWorkers =
             let! failure =
                 task {
                     try
-                        do! Wire.write w.Stream Wire.Init (fref.Encode()) token
+                        do! Wire.write w.Stream Wire.Init (Array.append [| byte shape |] (fref.Encode())) token
                         return null
                     with e ->
                         return e
@@ -32,7 +37,7 @@ module internal ProcessWorkers =
             | null -> return w
             | :? IOException when w.Reused ->
                 w.Close false
-                return! connect fref stage token
+                return! connect shape fref stage token
             | :? IOException ->
                 let! code = WorkerPool.exitCode w.Process
                 w.Close false
@@ -43,13 +48,151 @@ module internal ProcessWorkers =
                 return null
         }
 
+    /// A worker process's connection as the parent's stage worker sees it: frames out (awaited
+    /// writes of sealed frame buffers), frames in (one reusable reader), a crash as its exception.
+    [<Sealed>]
+    type private Link(stream: Stream, token: CancellationToken, crashed: unit -> Task<exn>) =
+        member val Reader = FrameReader(stream)
+
+        /// Writes a frame; a dead worker shows as a reset connection.
+        member _.Send(frame: ReadOnlyMemory<byte>) : Task =
+            task {
+                try
+                    do! stream.WriteAsync(frame, token)
+                with :? IOException ->
+                    let! e = crashed ()
+                    raise e
+            }
+
+        /// Reads the next frame; a dead worker shows as the end of the stream or a reset connection.
+        member this.Next() : Task =
+            task {
+                let! ok =
+                    task {
+                        try
+                            return! this.Reader.ReadAsync token
+                        with :? IOException ->
+                            return false
+                    }
+
+                if not ok then
+                    let! e = crashed ()
+                    raise e
+            }
+
+    /// Observes a task we may stop waiting for, so that its failure is never unobserved.
+    let private observe (t: Task) =
+        t.ContinueWith(
+            (fun (t: Task) -> t.Exception |> ignore),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default
+        )
+        |> ignore
+
+    let private cannotSend<'a> (stage: string) (e: exn) =
+        NotSupportedException(
+            $"Stage '{stage}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
+            e
+        )
+
+    /// Reads a reply frame's results into `into` (Results: after the 8-byte cost); answers how many.
+    let private results<'b> (stage: string) (codec: Codec<'b>) (reader: FrameReader) (into: 'b[]) =
+        try
+            codec.Read(reader.PayloadFrom(if reader.Kind = Wire.Results then 8 else 0), into, 0)
+        with e ->
+            raise (
+                NotSupportedException(
+                    $"Stage '{stage}': a result of type {typeof<'b>} cannot be read back from a worker process: {e.Message}",
+                    e
+                )
+            )
+
+    /// Runs one batch through the worker process (map and branch stages): the batch goes in frames
+    /// (a quarter of the batch each, at most about Wire.BatchBytes), the next one written while the
+    /// previous one's replies are read, so that the worker process is not idle while the parent
+    /// reads results; each reply's results go to `deliver`. Answers the function's time in the worker
+    /// (Stopwatch ticks).
+    let private exchange
+        (stage: string)
+        (link: Link)
+        (frames: FrameBuffer[])
+        (scratch: 'b[])
+        (input: 'a[])
+        (n: int)
+        (deliver: 'b[] -> int -> Task)
+        : Task<int64> =
+        task {
+            let codecA = Codecs.get<'a>()
+            let codecB = Codecs.get<'b>()
+            let per = max 1 ((n + 3) / 4)
+            let mutable built = 0
+            let mutable j = 0
+            let mutable replied = 0
+            let mutable cost = 0L
+
+            let build () =
+                let fb = frames[j % 2]
+                fb.Begin()
+
+                let k =
+                    try
+                        codecA.Write(input, built, min per (n - built), Wire.BatchBytes, fb.Writer)
+                    with e ->
+                        raise (cannotSend<'a> stage e)
+
+                built <- built + k
+                j <- j + 1
+                fb.Seal Wire.Batch
+
+            let mutable writing = link.Send(build ())
+
+            try
+                while replied < j do
+                    if built < n then
+                        // Frame j's buffer last held frame j - 2, whose write is done.
+                        let frame = build ()
+                        do! writing
+                        writing <- link.Send frame
+
+                    let mutable last = false
+
+                    while not last do
+                        do! link.Next()
+                        let reader = link.Reader
+
+                        if reader.Kind = Wire.Results then
+                            cost <- cost + Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(reader.Payload)
+
+                            last <- true
+                        elif reader.Kind <> Wire.Chunk then
+                            raise (RemoteExceptions.decode stage typeof<'b> reader.Payload)
+
+                        let k = results stage codecB reader scratch
+                        do! deliver scratch k
+
+                    replied <- replied + 1
+
+                do! writing
+            with e ->
+                observe writing
+                ExceptionDispatchInfo.Throw e
+
+            return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
+        }
+
     /// A process stage's worker: takes a worker process (parked or new), sends it the function,
-    /// then each batch; parks it again if the stage finished cleanly.
-    let processMap (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
+    /// runs `body` over the connection; parks the worker process again if the stage finished cleanly.
+    let private serve
+        (shape: Shape)
+        (fref: FunctionRef)
+        (env: WorkerEnv<'a, 'b>)
+        (body: Stream -> Link -> Task)
+        : Task =
         task {
             let token = env.Ctx.Token
 
-            let! worker = connect fref env.Name token
+            let! worker = connect shape fref env.Name token
             Live.processStarted ()
             let proc = worker.Process
             let stream = worker.Stream
@@ -77,77 +220,12 @@ module internal ProcessWorkers =
 
             let mutable clean = false
             let mutable failure: exn = null
-            // One buffer per worker for batches' JSON; dropped when a huge item has grown it.
-            let buffer = ref (Buffers.ArrayBufferWriter<byte>())
 
             try
-                WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
+                Codecs.get<'a>() |> ignore // this side's codecs too, before the first batch
+                Codecs.get<'b>() |> ignore
                 RemoteExceptions.warmUp ()
-
-                // A batch goes in frames of at most about Wire.BatchBytes of JSON (a bigger item alone).
-                let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =
-                    task {
-                        let mutable sent = 0
-                        let mutable cost = 0L
-
-                        while sent < n do
-                            let k =
-                                try
-                                    Wire.serializeBatch input sent (n - sent) buffer.Value
-                                with e ->
-                                    raise (
-                                        NotSupportedException(
-                                            $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
-                                            e
-                                        )
-                                    )
-
-                            // A dead worker shows as the end of the stream or as a reset connection.
-                            let! reply =
-                                task {
-                                    try
-                                        do! Wire.writeMemory stream Wire.Batch buffer.Value.WrittenMemory token
-                                        return! Wire.read stream token
-                                    with :? IOException ->
-                                        let! e = crashed ()
-                                        return raise e
-                                }
-
-                            match reply with
-                            | Some(kind, reply) when kind = Wire.Results ->
-                                // The reply: the function's time in the worker (8 bytes), then the results.
-                                cost <-
-                                    cost
-                                    + Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(ReadOnlySpan(reply, 0, 8))
-
-                                let results =
-                                    try
-                                        JsonSerializer.Deserialize<'b[]>(
-                                            ReadOnlySpan(reply, 8, reply.Length - 8),
-                                            Wire.options
-                                        )
-                                    with e ->
-                                        raise (
-                                            NotSupportedException(
-                                                $"Stage '{env.Name}': a result of type {typeof<'b>} cannot be read back from a worker process: {e.Message}",
-                                                e
-                                            )
-                                        )
-
-                                Array.blit results 0 output sent k
-                                sent <- sent + k
-                            | Some(_, reply) -> raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan reply))
-                            | None ->
-                                let! e = crashed ()
-                                raise e
-
-                        if buffer.Value.Capacity > 2 * Wire.BatchBytes then
-                            buffer.Value <- Buffers.ArrayBufferWriter<byte>()
-
-                        return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
-                    }
-
-                do! mapBatches remote env
+                do! body stream (Link(stream, token, crashed))
                 clean <- isNull (box crash.Value)
             with e ->
                 failure <- e
@@ -174,13 +252,163 @@ module internal ProcessWorkers =
                 ExceptionDispatchInfo.Throw e
         }
 
+    /// A map stage's worker: each batch through the worker process, results in input order.
+    let processMap (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
+        serve Shape.Map fref env (fun _ link ->
+            let frames = [| FrameBuffer(); FrameBuffer() |]
+            let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
+            let at = ref 0
+
+            Loops.mapBatches
+                (fun input n output ->
+                    at.Value <- 0
+
+                    exchange env.Name link frames scratch input n (fun items k ->
+                        Array.Copy(items, 0, output, at.Value, k)
+                        Buffers.clear items k
+                        at.Value <- at.Value + k
+                        Task.CompletedTask))
+                env)
+
+    /// A branch stage's worker: each batch through the worker process, its results handed on as
+    /// their chunks come (ordered stages in their turn).
+    let processBranch (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
+        serve Shape.Branch fref env (fun _ link ->
+            let frames = [| FrameBuffer(); FrameBuffer() |]
+            let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
+            let input = Array.zeroCreate<'a> Tuning.MaxBatch
+            let em = Emitter<'b>(env.Output, env.Turnstile, Probe = env.Probe)
+
+            let deliver (items: 'b[]) k : Task =
+                task {
+                    for i in 0 .. k - 1 do
+                        if em.Add(items[i], false) then
+                            do! em.EmitAsync()
+
+                    Buffers.clear items k
+
+                    // A chunk's results go on at once when they may (a slow sequence's items are not held back).
+                    if em.CanFlushNow then
+                        do! em.EmitAsync()
+                }
+
+            Loops.eachBatchAsync env input (fun n ticket ->
+                task {
+                    em.Begin ticket
+                    let! cost = exchange env.Name link frames scratch input n deliver
+                    env.Sizer.RecordCost(n, cost)
+                    Buffers.clear input n
+                    do! em.EmitAsync()
+                    em.End()
+                    env.Input.Release n
+                }))
+
+    /// A join stage's worker: its share of the input streams to the worker process (Batch frames,
+    /// then End) while the results come back; the function's early return stops the sending.
+    let processJoin (shape: Shape) (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
+        serve shape fref env (fun stream link ->
+            task {
+                let em = Emitter<'b>(env.Output, null, Probe = env.Probe)
+                let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
+                let codecA = Codecs.get<'a>()
+                let codecB = Codecs.get<'b>()
+                let finished = ref false
+                let sendFailure = ref null
+                env.Probe.SetBusy(env.Worker, true)
+
+                let sender =
+                    task {
+                        try
+                            let buf = Array.zeroCreate<'a> Tuning.MaxBatch
+                            let fb = FrameBuffer()
+                            let mutable go = true
+
+                            while go && not finished.Value do
+                                let! struct (n, _) = Wait.takeAsync env.Input buf Tuning.MaxBatch true
+
+                                if n = 0 then
+                                    go <- false
+                                else
+                                    let mutable sent = 0
+
+                                    while sent < n do
+                                        fb.Begin()
+
+                                        let k =
+                                            try
+                                                codecA.Write(buf, sent, n - sent, Wire.BatchBytes, fb.Writer)
+                                            with e ->
+                                                raise (cannotSend<'a> env.Name e)
+
+                                        sent <- sent + k
+                                        do! link.Send(fb.Seal Wire.Batch)
+
+                                    Buffers.clear buf n
+
+                            fb.Begin()
+                            do! link.Send(fb.Seal Wire.End)
+                        with e ->
+                            // The receiver is waiting for a reply that will not come: stop it.
+                            sendFailure.Value <- e
+                            stream.Dispose()
+                    }
+
+                try
+                    let mutable last = false
+
+                    while not last do
+                        try
+                            do! link.Next()
+                        with e ->
+                            match sendFailure.Value with
+                            | null -> raise e
+                            | f -> ExceptionDispatchInfo.Throw f
+
+                        let reader = link.Reader
+
+                        if reader.Kind = Wire.Results then
+                            finished.Value <- true
+                            last <- true
+                        elif reader.Kind <> Wire.Chunk then
+                            raise (RemoteExceptions.decode env.Name typeof<'b> reader.Payload)
+
+                        let k = results env.Name codecB reader scratch
+
+                        for i in 0 .. k - 1 do
+                            if em.Add(scratch[i], false) then
+                                do! em.EmitAsync()
+
+                        Buffers.clear scratch k
+
+                        if em.CanFlushNow then
+                            do! em.EmitAsync()
+
+                    do! em.EmitAsync()
+                    do! sender
+
+                    match sendFailure.Value with
+                    | null -> ()
+                    | f -> ExceptionDispatchInfo.Throw f
+                with e ->
+                    observe sender
+                    ExceptionDispatchInfo.Throw e
+
+                env.Probe.SetBusy(env.Worker, false)
+            })
+
 /// The process executor: each worker is an awaiting loop on the thread pool that hands batches to
 /// a worker process of its own (`ProcessWorkers.processMap`) and waits for their results.
 [<Sealed>]
-type internal ProcessExecutor<'a, 'b>(fref: FunctionRef) =
+type internal ProcessExecutor<'a, 'b>(shape: Shape, fref: FunctionRef) =
     inherit StageExecutor<'a, 'b>()
     override _.Kind = Executor.Process
     override _.Quantum = Sizer.RemoteQuantum
 
     override _.Start(env, ended) =
-        env.Ctx.StartTask((fun () -> ProcessWorkers.processMap fref env), ended)
+        let worker =
+            match shape with
+            | Shape.Map -> ProcessWorkers.processMap
+            | Shape.Branch -> ProcessWorkers.processBranch
+            | s -> ProcessWorkers.processJoin s
+
+        env.Ctx.StartTask((fun () -> worker fref env), ended)
