@@ -8,6 +8,7 @@ index: 1
 *)
 (*** hide ***)
 #r "../src/Pyper.Core/bin/Release/net10.0/Pyper.Core.dll"
+#r "../src/Pyper.Core/bin/Release/net10.0/System.Threading.RateLimiting.dll"
 (**
 # Getting started
 

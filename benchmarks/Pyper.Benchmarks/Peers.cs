@@ -174,8 +174,8 @@ public static class Peers
         for (var s = 0; s < stages; s++)
         {
             var stage = work.Blocking is { } f
-                ? Pyper.FSharp.Stage.map(FuncConvert.FromFunc(f), some(workers), some(capacity), null, null, null, null, null, null)
-                : Pyper.FSharp.Stage.mapTask(FuncConvert.FromFunc(work.Async!), some(workers), some(capacity), null, null, null, null, null);
+                ? Pyper.FSharp.Stage.map(FuncConvert.FromFunc(f), some(workers), some(capacity), null, null, null, null, null, null, null)
+                : Pyper.FSharp.Stage.mapTask(FuncConvert.FromFunc(work.Async!), some(workers), some(capacity), null, null, null, null, null, null);
             p = Pyper.FSharp.Pipeline.compose(p, stage);
         }
         return p;

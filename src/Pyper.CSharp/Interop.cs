@@ -1,4 +1,5 @@
 using System;
+using System.Threading.RateLimiting;
 using Microsoft.FSharp.Core;
 
 namespace Pyper;
@@ -33,6 +34,9 @@ internal static class Interop
 
     internal static FSharpOption<FailureCounts> Counts(FailureCounts? c) =>
         c is null ? FSharpOption<FailureCounts>.None : FSharpOption<FailureCounts>.Some(c);
+
+    internal static FSharpOption<RateLimiter> Limit(RateLimiter? r) =>
+        r is null ? FSharpOption<RateLimiter>.None : FSharpOption<RateLimiter>.Some(r);
 
     internal static FSharpOption<string> Name(string? name) =>
         name is null ? FSharpOption<string>.None : FSharpOption<string>.Some(name);

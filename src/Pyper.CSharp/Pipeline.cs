@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using System.Threading;
+using System.Threading.RateLimiting;
 using System.Threading.Tasks;
 using Core = Pyper.FSharp;
 
@@ -85,58 +86,64 @@ public sealed class Pipeline<TIn, TOut>
     public override string ToString() => Inner.ToString();
 
     /// <summary>Adds a stage calling a blocking function once per item, on dedicated threads or in worker processes.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> Map<TNext>(
-        Func<TOut, TNext> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts));
+        Func<TOut, TNext> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts, rateLimit));
+
+    /// <summary>Adds a blocking map stage whose function takes a bound argument, then each item.</summary>
+    /// <inheritdoc cref="Stage.MapBound{TArg, TIn, TOut}(Func{TArg, TIn, TOut}, TArg, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    public Pipeline<TIn, TNext> MapBound<TArg, TNext>(
+        Func<TArg, TOut, TNext> f, TArg arg, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.MapBound(f, arg, workers, capacity, ordered, name, multiprocess, timeout, onError, counts, rateLimit));
 
     /// <summary>Adds a stage awaiting a Task-returning function once per item.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> Map<TNext>(
-        Func<TOut, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts));
+        Func<TOut, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts, rateLimit));
 
     /// <summary>Adds a stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> Map<TNext>(
-        Func<TOut, CancellationToken, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts));
+        Func<TOut, CancellationToken, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts, rateLimit));
 
     /// <summary>Adds a blocking map stage with per-worker state.</summary>
-    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> MapWithState<TState, TNext>(
         Func<TState> init, Func<TState, TOut, TNext> f, Action<TState>? dispose = null, int workers = 1, int capacity = Stage.DefaultCapacity,
-        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts));
+        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts, rateLimit));
 
     /// <summary>Adds an async map stage with per-worker state.</summary>
-    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, CancellationToken, Task{TOut}}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, CancellationToken, Task{TOut}}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> MapWithState<TState, TNext>(
         Func<TState> init, Func<TState, TOut, CancellationToken, Task<TNext>> f, Action<TState>? dispose = null, int workers = 1,
         int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null,
-        FailureCounts? counts = null) =>
-        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts));
+        FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts, rateLimit));
 
     /// <summary>Adds a stage awaiting a ValueTask-returning function once per item.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> MapValueTask<TNext>(
-        Func<TOut, ValueTask<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        Then(Stage.MapValueTask(f, workers, capacity, ordered, name, timeout, onError, counts));
+        Func<TOut, ValueTask<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.MapValueTask(f, workers, capacity, ordered, name, timeout, onError, counts, rateLimit));
 
     /// <summary>Adds a stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> MapValueTask<TNext>(
-        Func<TOut, CancellationToken, ValueTask<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        Then(Stage.MapValueTask(f, workers, capacity, ordered, name, timeout, onError, counts));
+        Func<TOut, CancellationToken, ValueTask<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        Then(Stage.MapValueTask(f, workers, capacity, ordered, name, timeout, onError, counts, rateLimit));
 
     /// <summary>Adds a stage whose blocking function returns many results per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> Branch<TNext>(
         Func<TOut, IEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
         Then(Stage.Branch(f, workers, capacity, ordered, name, multiprocess));
 
     /// <summary>Adds a stage whose function returns an async stream per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> Branch<TNext>(
         Func<TOut, IAsyncEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
         Then(Stage.Branch(f, workers, capacity, ordered, name));

@@ -2,6 +2,7 @@ using System;
 using Microsoft.FSharp.Core;
 using System.Collections.Generic;
 using System.Threading;
+using System.Threading.RateLimiting;
 using System.Threading.Tasks;
 using static Pyper.Interop;
 using Core = Pyper.FSharp;
@@ -19,7 +20,7 @@ namespace Pyper;
 /// next stage, Pyper's <c>throttle</c>; 0 = unbounded), <c>ordered</c> (results leave in input order)
 /// and <c>name</c> (used in errors). Map stages on threads and async workers also take
 /// <c>timeout</c> (how long one call may run), <c>onError</c> (an <see cref="ErrorPolicy"/>) and
-/// <c>counts</c> (a <see cref="FailureCounts"/>); see the README's "Failures, timeouts and retries". To build without type arguments, start from
+/// <c>counts</c> (a <see cref="FailureCounts"/>) and <c>rateLimit</c> (a <see cref="RateLimiter"/>); see the README's "Failures, timeouts and retries". To build without type arguments, start from
 /// <see cref="Pipeline.Start{T}"/> and add stages fluently: the input type flows from the left.
 /// </remarks>
 public static class Stage
@@ -46,47 +47,64 @@ public static class Stage
     /// fails its item with a <see cref="TimeoutException"/> naming the stage and the item's input position.
     /// An async function's token is cancelled then; a blocking call cannot be stopped: it runs on a helper
     /// thread, which is abandoned (and counted) when it is late, and the worker goes on with a fresh one.
-    /// Not yet with <paramref name="multiprocess"/>.
+    /// With <paramref name="multiprocess"/>, a late worker process is killed and replaced.
     /// </param>
-    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). Not yet with <paramref name="multiprocess"/>.</param>
+    /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>). With <paramref name="multiprocess"/>, a worker process that crashes on an item fails that item (the next attempt gets a fresh process).</param>
     /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
+    /// <param name="rateLimit">
+    /// A <see cref="RateLimiter"/> each call (each attempt) takes one permit from first, and gives back when it has
+    /// returned: it bounds the rate of calls, where <paramref name="workers"/> bounds how many run at once. One limiter
+    /// may be shared by several stages. A worker waits in the limiter's queue, or, when it refuses with a retry-after
+    /// time, that long before asking again; a refusal without one fails the run. With <paramref name="multiprocess"/>, the permit is taken in this process before the item is sent.
+    /// </param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+        Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        new(Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
+
+    /// <summary>
+    /// A stage calling a blocking function with a bound argument and each item (Pyper's <c>bind</c>). With
+    /// <paramref name="multiprocess"/> the argument is serialized here (refused with an <see cref="ArgumentException"/>
+    /// naming <c>arg</c> when it cannot cross) and sent once to each worker process, not with every item; the function
+    /// (called with <c>arg</c> and each item) must then be a static method or a lambda that captures nothing.
+    /// </summary>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    public static Pipeline<TIn, TOut> MapBound<TArg, TIn, TOut>(
+        Func<TArg, TIn, TOut> f, TArg arg, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        new(Core.Stage.mapBoundFunc(f, arg, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a Task-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        Func<TIn, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         multiprocess
             ? RefuseProcesses(f, workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a Task-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
-        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        Func<TIn, CancellationToken, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         multiprocess
             ? RefuseProcesses<TIn, TOut>(x => f(x, CancellationToken.None), workers, capacity, ordered, name)
-            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+            : new(Core.Stage.mapTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
-        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+        Func<TIn, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>A stage awaiting a ValueTask-returning function once per item, passing the run's cancellation token.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> MapValueTask<TIn, TOut>(
-        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
-        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+        Func<TIn, CancellationToken, ValueTask<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        new(Core.Stage.mapValueTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name), Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's <c>branch=True</c>). As the first stage it generates the data from the run's input.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     /// <remarks>With <paramref name="multiprocess"/>, each item's results come back from the worker process in chunks
     /// (up to 1024 results or about 4 MB, or what is left when the batch is done).</remarks>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
@@ -94,7 +112,7 @@ public static class Stage
         new(Core.Stage.branchFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess)));
 
     /// <summary>A stage whose function returns an async stream per item, flattened downstream.</summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
         Func<TIn, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.branchStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
@@ -104,7 +122,7 @@ public static class Stage
     /// (Pyper's <c>join=True</c>). With n workers the input is split into n partial streams and
     /// there are n results. Each stream can be enumerated once.
     /// </summary>
-    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     /// <remarks>With <paramref name="multiprocess"/>, each worker's function runs in a worker process (the rules of
     /// <c>Map</c>): its share of the input streams to it in batches.</remarks>
     public static Pipeline<TIn, TOut> Join<TIn, TOut>(
@@ -156,27 +174,28 @@ public static class Stage
     /// <param name="capacity">How many results may wait for the next stage (0 = unbounded).</param>
     /// <param name="ordered">Whether results leave in input order.</param>
     /// <param name="name">The stage's name in errors.</param>
-    /// <param name="timeout">How long one call may run (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>).</param>
+    /// <param name="timeout">How long one call may run (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>).</param>
     /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>).</param>
     /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
+    /// <param name="rateLimit">A limiter each call takes one permit from (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>).</param>
     public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
         Func<TState> init, Func<TState, TIn, TOut> f, Action<TState>? dispose = null, int workers = 1, int capacity = DefaultCapacity,
-        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null) =>
+        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         new(Core.Stage.mapWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
-            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>
     /// An async map stage with per-worker state: <paramref name="init"/> runs once per async worker
     /// before its first item, <paramref name="dispose"/> when the worker ends; <paramref name="f"/> gets
     /// the state, the item and the token (the run's, or the item's under a <c>timeout</c>).
     /// </summary>
-    /// <inheritdoc cref="MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?)"/>
+    /// <inheritdoc cref="MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
         Func<TState> init, Func<TState, TIn, CancellationToken, Task<TOut>> f, Action<TState>? dispose = null, int workers = 1,
         int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null,
-        FailureCounts? counts = null) =>
+        FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
         new(Core.Stage.mapTaskWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
-            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts)));
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
 
     /// <summary>
     /// An async function with <c>multiprocess: true</c> (the parameter is there so that overloads resolve
@@ -185,7 +204,7 @@ public static class Stage
     private static Pipeline<TIn, TOut> RefuseProcesses<TIn, TOut>(
         Func<TIn, Task<TOut>> f, int workers, int capacity, bool ordered, string? name)
     {
-        Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(true), null, null, null);
+        Core.Stage.mapFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(true), null, null, null, null);
         throw new System.Diagnostics.UnreachableException("the core refuses async functions for worker processes");
     }
 }

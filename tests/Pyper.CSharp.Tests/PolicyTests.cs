@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Collections.Generic;
 using System.Linq;
 using System.Threading;
+using System.Threading.RateLimiting;
 using System.Threading.Tasks;
 using Expecto;
 using static Pyper.CSharp.Tests.Check;
@@ -30,10 +31,36 @@ public static class PolicyTests
         return x => calls.AddOrUpdate(x, 1, (_, c) => c + 1) <= fails(x) ? throw new Planned(x) : x * 10;
     }
 
+    /// <summary>A static method for worker processes: fails on multiples of seven.</summary>
+    private static int FailOnSevens(int x) => x % 7 == 0 ? throw new InvalidOperationException($"seven at {x}") : x * 2;
+
+    /// <summary>A static method with a bound argument, for worker processes.</summary>
+    private static int Scale(int k, int x) => k * x;
+
     /// <summary>All tests of the C# policies.</summary>
     [Tests]
     public static Test All => Expecto.CSharp.Runner.TestList("C# policies", new[]
     {
+        Case("rateLimit: every call of both fluent and Stage forms takes a permit of the limiter", async () =>
+        {
+            // The test holds the only permit and the limiter has no queue: a stage that asks for a
+            // permit is refused, which fails the run and says why.
+            using var limiter = new ConcurrencyLimiter(new ConcurrencyLimiterOptions { PermitLimit = 1, QueueLimit = 0 });
+            using var held = limiter.AttemptAcquire();
+            True(held.IsAcquired, "the test holds the permit");
+            var fluent = Pipeline.Start<int>().Map(x => x + 1, name: "api", rateLimit: limiter);
+            var error = await Throws(() => Collect(fluent.RunEach(Enumerable.Range(1, 3))));
+            True(error is InvalidOperationException, $"an InvalidOperationException, got {error}");
+            True(error.Message.Contains("Stage 'api' (map): its rate limiter refused a permit"), error.Message);
+            var tasks = Stage.Map<int, int>(async x => { await Task.Yield(); return x; }, name: "api", rateLimit: limiter);
+            error = await Throws(() => Collect(tasks.RunEach(Enumerable.Range(1, 3))));
+            True(error is InvalidOperationException, $"an InvalidOperationException, got {error}");
+            True(error.Message.Contains("rate limiter refused"), error.Message);
+            held.Dispose();
+            var results = await Collect(fluent.RunEach(Enumerable.Range(1, 3)));
+            Sequence(results.Order(), new[] { 2, 3, 4 }, "with the permit free, the run goes through");
+        }),
+
         Case("Retry then Skip on a blocking stage, counted", async () =>
         {
             var counts = new FailureCounts();
@@ -44,6 +71,25 @@ public static class PolicyTests
             Sequence(results, Enumerable.Range(1, 50).Where(x => x % 5 != 0).Select(x => x * 10), "in order, skipped left out");
             Equal(counts.Skipped, 10L, "skipped");
             Equal(counts.Retries, 20L + 20L, "retries: 2 for each multiple of 5, 1 for each other odd item");
+        }),
+
+        Case("Skip and a timeout on worker processes (multiprocess)", async () =>
+        {
+            var counts = new FailureCounts();
+            var p = Pipeline.Start<int>()
+                .Map(FailOnSevens, workers: 2, ordered: true, multiprocess: true, timeout: TimeSpan.FromSeconds(60),
+                     onError: ErrorPolicy.Skip, counts: counts);
+            var results = await Collect(p.RunEach(Enumerable.Range(1, 30)));
+            Sequence(results, Enumerable.Range(1, 30).Where(x => x % 7 != 0).Select(x => x * 2), "in order, sevens left out");
+            Equal(counts.Skipped, 4L, "skipped");
+        }),
+
+        Case("MapBound: a bound argument for worker processes, and on threads", async () =>
+        {
+            var p = Pipeline.Start<int>().MapBound(Scale, 3, workers: 2, ordered: true, multiprocess: true);
+            Sequence(await Collect(p.RunEach(Enumerable.Range(1, 10))), Enumerable.Range(1, 10).Select(x => x * 3), "scaled in worker processes");
+            var q = Pipeline.Start<int>().MapBound(Scale, 2);
+            Sequence(await Collect(q.RunEach(Enumerable.Range(1, 3))), new[] { 2, 4, 6 }, "scaled on threads");
         }),
 
         Case("DeadLetter on an async stage gets item, exception and attempts", async () =>

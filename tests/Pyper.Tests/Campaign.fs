@@ -24,6 +24,9 @@ type Kind =
     | PassJoinStream
     | BatchFlatten
     | InProcess
+    /// A map stage under a failure policy (issue #17); `Shape` picks it: 0 Skip, 1 Retry then
+    /// Skip, 2 DeadLetter, 3 a timeout then Skip (async; some items never finish on their own).
+    | Policy
 
 /// A random stage: its kind, its function's parameters and its options.
 type StageSpec =
@@ -37,7 +40,7 @@ type StageSpec =
         Ordered: bool
         Blocks: bool
         /// For a process stage: what crosses (0 ints, 1 value tuples, 2 a class with public
-        /// fields, 3 ints through a generic function).
+        /// fields, 3 ints through a generic function). For a policy stage: which policy.
         Shape: int
     }
 
@@ -110,8 +113,17 @@ type Outcome =
     | Leaked of string
     | Wrong of string
 
+/// Whether a policy stage drops `x` (skips or dead-letters it): its call fails every time.
+let private drops (s: StageSpec) (x: int) =
+    match s.Shape with
+    | 0 -> abs x % 7 = 3
+    | 1 -> abs x % 11 = 5
+    | 2 -> abs x % 5 = 1
+    | _ -> abs x % 97 = 2
+
 let private apply (s: StageSpec) (x: int) =
     match s.Kind with
+    | Policy -> if drops s x then [] else [ x * s.A + s.B ]
     | Map
     | MapTask -> [ x * s.A + s.B ]
     | Branch
@@ -123,6 +135,22 @@ let private apply (s: StageSpec) (x: int) =
 
 let model (case: Case) =
     case.Stages |> List.fold (fun xs s -> List.collect (apply s) xs) case.Input
+
+/// How many items the case's policy stages drop (skip or dead-letter) in a run that ends.
+let modelDrops (case: Case) =
+    let mutable dropped = 0
+
+    case.Stages
+    |> List.fold
+        (fun xs s ->
+            if s.Kind = Policy then
+                dropped <- dropped + (xs |> List.filter (drops s) |> List.length)
+
+            List.collect (apply s) xs)
+        case.Input
+    |> ignore
+
+    dropped
 
 /// Results keep the model's order when every stage keeps order: ordered, or one worker.
 let private keepsOrder (case: Case) =
@@ -141,6 +169,7 @@ let private stageGen =
                     1, Gen.constant PassJoinStream
                     1, Gen.constant BatchFlatten
                     1, Gen.constant InProcess
+                    2, Gen.constant Policy
                 ]
 
         let! a = Gen.choose (-3, 3)
@@ -239,7 +268,7 @@ let caseGen =
     }
 
 /// Builds the case's pipeline; `calls` counts each stage's calls for the injected failure.
-let private build (case: Case) (calls: int[]) (triggered: int ref) : Pipeline<int, int> =
+let private build (case: Case) (calls: int[]) (triggered: int ref) (counts: FailureCounts) : Pipeline<int, int> =
     let check i =
         let n = Interlocked.Increment &calls[i]
 
@@ -333,6 +362,71 @@ let private build (case: Case) (calls: int[]) (triggered: int ref) : Pipeline<in
                     xs :> seq<int>),
                 ordered = true
             )
+        | Policy ->
+            // No injected failure here: the policy would handle it. The stage's own failures
+            // are the items `drops` names (every call fails) and, under Retry, every item's first
+            // (|x| mod 3) calls (counted per value: a repeated value fails only its first time).
+            let seen = Collections.Concurrent.ConcurrentDictionary<int, int>()
+
+            let f x =
+                let n = seen.AddOrUpdate(x, 1, (fun _ k -> k + 1))
+
+                if drops s x || (s.Shape = 1 && n <= abs x % 3) then
+                    failwith $"planned failure of {x}"
+
+                one x
+
+            let tiny = TimeSpan.FromTicks 10L
+
+            match s.Shape with
+            | 0 when s.Copies = 0 ->
+                Stage.map (f, workers = w, capacity = c, ordered = o, onError = OnError.Skip, counts = counts)
+            | 0 ->
+                Stage.mapTask (
+                    (fun x -> task { return f x }),
+                    workers = w,
+                    capacity = c,
+                    ordered = o,
+                    onError = OnError.Skip,
+                    counts = counts
+                )
+            | 1 ->
+                Stage.map (
+                    f,
+                    workers = w,
+                    capacity = c,
+                    ordered = o,
+                    onError = OnError.Retry(2, tiny, (fun _ -> true), OnError.Skip),
+                    counts = counts
+                )
+            | 2 ->
+                Stage.mapTask (
+                    (fun x -> task { return f x }),
+                    workers = w,
+                    capacity = c,
+                    ordered = o,
+                    onError =
+                        OnError.DeadLetter(fun x _ _ ->
+                            if not (drops s x) then
+                                failwith $"{x} dead-lettered"),
+                    counts = counts
+                )
+            | _ ->
+                Stage.mapTask (
+                    (fun x (token: CancellationToken) ->
+                        task {
+                            if drops s x then
+                                do! Task.Delay(Timeout.Infinite, token)
+
+                            return one x
+                        }),
+                    workers = w,
+                    capacity = c,
+                    ordered = o,
+                    timeout = TimeSpan.FromMilliseconds 10.0,
+                    onError = OnError.Skip,
+                    counts = counts
+                )
         | InProcess ->
             // The injected failure travels with its item and is thrown in the worker.
             let fault () =
@@ -388,7 +482,8 @@ type Tally() =
 let run (limit: TimeSpan) (case: Case) : Outcome =
     let calls = Array.zeroCreate case.Stages.Length
     let triggered = ref 0
-    let pipeline = build case calls triggered
+    let counts = FailureCounts()
+    let pipeline = build case calls triggered counts
     let expected = model case
     use cts = new CancellationTokenSource()
     use release = new ManualResetEventSlim()
@@ -467,6 +562,9 @@ let run (limit: TimeSpan) (case: Case) : Outcome =
                     Passed
                 else
                     Wrong $"stopped after {results.Length} of {k}"
+            | Ok _, _ when counts.Skipped + counts.DeadLettered <> int64 (modelDrops case) ->
+                Wrong
+                    $"the policies dropped {counts.Skipped} + {counts.DeadLettered} items, the model {modelDrops case}"
             | Ok results, _ when keepsOrder case ->
                 if results = expected then
                     Passed

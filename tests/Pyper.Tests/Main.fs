@@ -30,6 +30,8 @@ let private all =
             ProgressTests.tests
             PolicyTests.tests
             PolicyTimeoutTests.tests
+            RateLimitTests.tests
+            ProcessPolicyTests.tests
             Campaign.tests
             Pyper.CSharp.Tests.FacadeTests.All
             Pyper.CSharp.Tests.HardeningTests.All

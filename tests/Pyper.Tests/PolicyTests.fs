@@ -286,9 +286,6 @@ let private validation =
 
                 throwsArg "onError" "retryOn is null" (fun () ->
                     box (Stage.map (f, onError = OnError.Retry(1, tiny, Unchecked.defaultof<_>, OnError.Skip)))))
-            testCase "worker processes refuse policies for now" (fun () ->
-                throwsArg "onError" "not yet available on worker processes" (fun () ->
-                    box (Stage.map (f, multiprocess = true, onError = OnError.Skip))))
         ]
 
 

@@ -3,6 +3,7 @@ namespace Pyper.FSharp
 open Pyper
 open System
 open System.Collections.Generic
+open System.Text.Json
 open System.Threading
 open System.Threading.Tasks
 
@@ -114,11 +115,14 @@ module internal Build =
         timeout
         onError
         counts
+        rateLimit
         =
         notNull StageKind.Map name (box f)
         stateChecks name (box init) (Option.map box dispose)
         let info = info StageKind.Map Executor.Thread false workers capacity ordered name
-        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
 
         let loop (env: WorkerEnv<'a, 'b>) =
             let s = init ()
@@ -143,11 +147,14 @@ module internal Build =
         timeout
         onError
         counts
+        rateLimit
         =
         notNull StageKind.Map name (box f)
         stateChecks name (box init) (Option.map box dispose)
         let info = info StageKind.Map Executor.Async false workers capacity ordered name
-        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
 
         let loop (env: WorkerEnv<'a, 'b>) : Task =
             task {
@@ -163,11 +170,13 @@ module internal Build =
 
     /// A blocking map stage on dedicated threads: the plain loop, or the policy-aware one when a
     /// timeout or failure policy is set.
-    let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts =
+    let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts rateLimit =
         notNull StageKind.Map name (box f)
         let info = info StageKind.Map Executor.Thread false workers capacity ordered name
 
-        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+
         Interpreter.stage info (ThreadExecutor(threadLoop policy f))
 
     /// An async map stage (`g` is the function as called with a token): the plain loop, or the
@@ -182,11 +191,14 @@ module internal Build =
         timeout
         onError
         counts
+        rateLimit
         =
         notNull StageKind.Map name f
         let info = info StageKind.Map Executor.Async false workers capacity ordered name
 
-        let policy = Policies.check (describe name StageKind.Map) timeout onError counts
+        let policy =
+            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+
         Interpreter.stage info (AsyncExecutor(poolLoop policy g))
 
     /// A stage whose workers are async loops (`loop`) on the thread pool.
@@ -275,18 +287,36 @@ module internal Build =
     /// How a worker re-creates a delegate (map stages).
     let delegateRef<'a, 'b> (f: Func<'a, 'b>) = delegateRefOf<'a, 'b> Shape.Map f
 
-    /// A stage of `shape` whose workers are processes on this machine.
-    let processStageOf<'a, 'b> (shape: Shape) f locate workers capacity ordered name =
+    /// A stage of `shape` whose workers are processes on this machine: the plain loops, or (map
+    /// stages) the policy-aware one when a timeout or failure policy is set. `bound` is the JSON of
+    /// a bound argument (see `bound`; map stages), or null.
+    let processStageOf<'a, 'b>
+        (shape: Shape)
+        f
+        locate
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        rateLimit
+        (bound: byte[])
+        =
         let stageKind =
             match shape with
             | Shape.Map -> StageKind.Map
             | Shape.Branch -> StageKind.Branch
             | _ -> StageKind.Join
 
+        let policy =
+            Policies.check (describe name stageKind) timeout onError counts rateLimit
+
         remoteStageOf<'a, 'b>
             stageKind
             Executor.Process
-            (fun fref -> ProcessExecutor<'a, 'b>(shape, fref))
+            (fun fref -> ProcessExecutor<'a, 'b>(shape, fref, policy, bound))
             f
             locate
             workers
@@ -294,9 +324,47 @@ module internal Build =
             ordered
             name
 
-    /// A map stage whose workers are processes on this machine.
-    let processStage<'a, 'b> f locate workers capacity ordered name =
-        processStageOf<'a, 'b> Shape.Map f locate workers capacity ordered name
+    /// A map stage whose workers are processes on this machine (see `processStageOf`).
+    let processStage<'a, 'b> f locate workers capacity ordered name timeout onError counts rateLimit (bound: byte[]) =
+        processStageOf<'a, 'b> Shape.Map f locate workers capacity ordered name timeout onError counts rateLimit bound
+
+    /// A process stage's bound argument as JSON (sent once to each worker process), refused with
+    /// an ArgumentException (`arg`) naming the stage when it cannot cross to a worker process.
+    let bound<'c> (name: string option) (arg: 'c) : byte[] =
+        let stage = describe name StageKind.Map
+
+        try
+            WireTypes.check stage "bound argument" typeof<'c>
+        with :? ArgumentException as e ->
+            raise (ArgumentException(e.Message, "arg", e))
+
+        try
+            JsonSerializer.SerializeToUtf8Bytes(arg, Wire.options)
+        with e ->
+            raise (
+                ArgumentException(
+                    $"{stage}: the bound argument (a {typeof<'c>}) cannot be sent to a worker process: {e.Message}",
+                    "arg",
+                    e
+                )
+            )
+
+    /// How a worker re-creates a two-parameter delegate (an argument, then the item), refusing a
+    /// method whose own types are not the stage's.
+    let boundDelegateRef<'c, 'a, 'b> (f: Func<'c, 'a, 'b>) =
+        let m = f.Method
+        let ps = m.GetParameters()
+
+        if
+            ps.Length = 2
+            && (ps[0].ParameterType <> typeof<'c>
+                || ps[1].ParameterType <> typeof<'a>
+                || m.ReturnType <> typeof<'b>)
+        then
+            Error
+                $"the method takes {ps[0].ParameterType} and {ps[1].ParameterType} and returns {m.ReturnType}, but the stage's argument is {typeof<'c>}, its items {typeof<'a>} and its results {typeof<'b>}: wrap it in a lambda of the stage's own types"
+        else
+            FunctionRefs.ofDelegate f
 
     let one (x: 'T) = Seq.singleton x
 

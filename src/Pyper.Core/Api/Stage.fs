@@ -4,29 +4,46 @@ open Pyper
 open System
 open System.Collections.Generic
 open System.Threading
+open System.Threading.RateLimiting
 open System.Threading.Tasks
 
 [<AbstractClass; Sealed>]
 type Stage =
-    static member map(f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts) =
+    static member map
+        (f: 'a -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts, ?rateLimit)
+        =
         if defaultArg multiprocess false then
-            if timeout.IsSome || onError.IsSome then
-                raise (
-                    ArgumentException(
-                        $"{Build.describe name StageKind.Map}: timeout and onError are not yet available on worker processes; run the stage on threads (multiprocess = false) for them.",
-                        (if timeout.IsSome then "timeout" else "onError")
-                    )
-                )
-
-            Build.processStage<'a, 'b> (box f) (fun () -> FunctionRefs.ofFunction (box f)) workers capacity ordered name
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                null
         else
-            Build.mapThread f workers capacity ordered name timeout onError counts
+            Build.mapThread f workers capacity ordered name timeout onError counts rateLimit
 
     static member mapFunc
-        (f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts)
+        (f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts, ?rateLimit)
         =
-        if defaultArg multiprocess false && timeout.IsNone && onError.IsNone then
-            Build.processStage<'a, 'b> (box f) (fun () -> Build.delegateRef f) workers capacity ordered name
+        if defaultArg multiprocess false then
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> Build.delegateRef f)
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                null
         else
             Stage.map (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),
@@ -37,10 +54,79 @@ type Stage =
                 ?multiprocess = multiprocess,
                 ?timeout = timeout,
                 ?onError = onError,
-                ?counts = counts
+                ?counts = counts,
+                ?rateLimit = rateLimit
             )
 
-    static member mapTask(f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
+    static member mapBound
+        (
+            f: 'c -> 'a -> 'b,
+            arg: 'c,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?multiprocess,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit
+        ) =
+        if defaultArg multiprocess false then
+            let bound = Build.bound name arg
+
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                bound
+        else
+            Build.notNull StageKind.Map name (box f)
+            Build.mapThread (f arg) workers capacity ordered name timeout onError counts rateLimit
+
+    static member mapBoundFunc
+        (
+            f: Func<'c, 'a, 'b>,
+            arg: 'c,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?multiprocess,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit
+        ) =
+        if defaultArg multiprocess false then
+            let bound = Build.bound name arg
+
+            Build.processStage<'a, 'b>
+                (box f)
+                (fun () -> Build.boundDelegateRef f)
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                bound
+        else
+            Build.notNull StageKind.Map name (box f)
+            Build.mapThread (fun x -> f.Invoke(arg, x)) workers capacity ordered name timeout onError counts rateLimit
+
+    static member mapTask
+        (f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
+        =
         Build.mapPool
             (box f)
             (fun x _ -> ValueTask<'b>(NullResult.task (f x)))
@@ -51,10 +137,20 @@ type Stage =
             timeout
             onError
             counts
+            rateLimit
 
     static member mapTask
-        (f: 'a -> CancellationToken -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
-        =
+        (
+            f: 'a -> CancellationToken -> Task<'b>,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit
+        ) =
         Build.mapPool
             (box f)
             (fun x ct -> ValueTask<'b>(NullResult.task (f x ct)))
@@ -65,18 +161,30 @@ type Stage =
             timeout
             onError
             counts
+            rateLimit
 
     static member mapValueTask
-        (f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
+        (f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
         =
-        Build.mapPool (box f) (fun x _ -> f x) workers capacity ordered name timeout onError counts
+        Build.mapPool (box f) (fun x _ -> f x) workers capacity ordered name timeout onError counts rateLimit
 
     static member mapValueTask
-        (f: 'a -> CancellationToken -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts)
-        =
-        Build.mapPool (box f) f workers capacity ordered name timeout onError counts
+        (
+            f: 'a -> CancellationToken -> ValueTask<'b>,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit
+        ) =
+        Build.mapPool (box f) f workers capacity ordered name timeout onError counts rateLimit
 
-    static member mapAsync(f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts) =
+    static member mapAsync
+        (f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
+        =
         Build.mapPool
             (box f)
             (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct)))
@@ -87,6 +195,7 @@ type Stage =
             timeout
             onError
             counts
+            rateLimit
 
     static member mapWithState
         (
@@ -99,9 +208,10 @@ type Stage =
             ?name,
             ?timeout,
             ?onError,
-            ?counts
+            ?counts,
+            ?rateLimit
         ) =
-        Build.mapThreadWithState init f dispose workers capacity ordered name timeout onError counts
+        Build.mapThreadWithState init f dispose workers capacity ordered name timeout onError counts rateLimit
 
     static member mapTaskWithState
         (
@@ -114,9 +224,10 @@ type Stage =
             ?name,
             ?timeout,
             ?onError,
-            ?counts
+            ?counts,
+            ?rateLimit
         ) =
-        Build.mapPoolWithState init f dispose workers capacity ordered name timeout onError counts
+        Build.mapPoolWithState init f dispose workers capacity ordered name timeout onError counts rateLimit
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
         if defaultArg multiprocess false then
@@ -128,6 +239,11 @@ type Stage =
                 capacity
                 ordered
                 name
+                None
+                None
+                None
+                None
+                null
         else
             Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)
 
@@ -141,6 +257,11 @@ type Stage =
                 capacity
                 ordered
                 name
+                None
+                None
+                None
+                None
+                null
         else
             Stage.branch (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),
@@ -163,6 +284,11 @@ type Stage =
                 capacity
                 ordered
                 name
+                None
+                None
+                None
+                None
+                null
         else
             Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread (f >> Build.one))
 
@@ -176,6 +302,11 @@ type Stage =
                 capacity
                 ordered
                 name
+                None
+                None
+                None
+                None
+                null
         else
             Stage.join (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),
@@ -195,6 +326,11 @@ type Stage =
                 capacity
                 ordered
                 name
+                None
+                None
+                None
+                None
+                null
         else
             Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread f)
 
@@ -210,6 +346,11 @@ type Stage =
                 capacity
                 ordered
                 name
+                None
+                None
+                None
+                None
+                null
         else
             Stage.joinMany (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),

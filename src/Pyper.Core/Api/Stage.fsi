@@ -4,6 +4,7 @@ open Pyper
 open System
 open System.Collections.Generic
 open System.Threading
+open System.Threading.RateLimiting
 open System.Threading.Tasks
 
 /// Builds one-stage pipelines from plain functions. The function's shape picks the executor:
@@ -21,15 +22,23 @@ open System.Threading.Tasks
 /// - `ordered`: results leave in input order even with many workers (default false: as ready).
 /// - `name`: the stage's name in errors and diagnostics (default: kind and position, e.g. "map #2").
 ///
-/// Map stages (threads and async; not yet worker processes) also take, for production runs:
+/// Map stages (threads, async and worker processes) also take, for production runs:
 /// - `timeout`: how long one call may run (positive, at most about 49.7 days). A call that runs
 ///   longer fails its item with a TimeoutException naming the stage and the item's input position.
 ///   An async function's token is cancelled at the timeout; a blocking function cannot be stopped,
 ///   so its call runs on a helper thread that is abandoned (and counted) when it is late, and the
-///   worker goes on with a fresh one.
+///   worker goes on with a fresh one. A worker process that is late is killed and replaced.
 /// - `onError`: what to do with an item whose call failed (`OnError`: Fail, the default; Retry
-///   with exponential backoff and jitter; Skip; DeadLetter).
+///   with exponential backoff and jitter; Skip; DeadLetter). On worker processes a process that
+///   crashes on an item is that item's failure too (the next attempt gets a fresh process).
 /// - `counts`: a `FailureCounts` that counts retries, skipped and dead-lettered items, time-outs.
+/// - `rateLimit`: a `System.Threading.RateLimiting.RateLimiter`; each call (each attempt, retries
+///   included) first takes one permit from it, and gives the permit back (`Dispose`) when the call
+///   has returned. It bounds the rate of calls, where `workers` bounds how many run at once; one
+///   limiter may be shared by several stages (one external API's quota). A worker waits in the
+///   limiter's queue, or, when the limiter refuses with a retry-after time (a token bucket without a
+///   queue), that long before asking again; a refusal without one fails the run. Waits end at once
+///   when the run is cancelled or stopped; a permit wait is not part of the call's `timeout`.
 [<AbstractClass; Sealed>]
 type Stage =
     /// A stage that calls a blocking function once per item, on dedicated threads, or, with
@@ -46,7 +55,8 @@ type Stage =
         ?multiprocess: bool *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// `map` for a .NET delegate (the C# facade's entry point): with `multiprocess = true`, the
@@ -60,7 +70,43 @@ type Stage =
         ?multiprocess: bool *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
+            Pipeline<'a, 'b>
+
+    /// A blocking map stage whose function takes a bound argument, then each item (Pyper's `bind`).
+    /// With `multiprocess = true` the argument is serialized when the stage is built (refused then,
+    /// with an ArgumentException naming `arg`, when it cannot cross) and sent once to each worker
+    /// process, where `f arg` is applied once: a module function `let f cfg = let model = load cfg
+    /// in fun x -> ...` thereby loads its model once per worker process. On threads it is `map (f arg)`.
+    static member mapBound:
+        f: ('c -> 'a -> 'b) *
+        arg: 'c *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
+            Pipeline<'a, 'b>
+
+    /// `mapBound` for a .NET delegate of the argument and the item (the C# facade's entry point):
+    /// with `multiprocess = true`, a static method or a lambda that captures nothing.
+    static member mapBoundFunc:
+        f: Func<'c, 'a, 'b> *
+        arg: 'c *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item.
@@ -72,7 +118,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a Task-returning function once per item, passing the run's cancellation token.
@@ -84,7 +131,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a ValueTask-returning function once per item.
@@ -96,7 +144,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that awaits a ValueTask-returning function once per item, passing the run's cancellation token.
@@ -108,7 +157,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage that runs an F# Async function once per item; the run's cancellation flows into it.
@@ -120,7 +170,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A blocking map stage with per-worker state: `init` runs once per worker, on the worker's
@@ -138,7 +189,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// An async map stage with per-worker state (see `mapWithState`): `init` runs once per async
@@ -154,7 +206,8 @@ type Stage =
         ?name: string *
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
-        ?counts: FailureCounts ->
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter ->
             Pipeline<'a, 'b>
 
     /// A stage whose blocking function returns many results per item, flattened downstream

@@ -120,6 +120,29 @@ type internal RunContext(userToken: CancellationToken) =
             with :? ObjectDisposedException ->
                 () // a late report (a worker process exiting) after the run had finished
 
+    /// Puts `e` in the place of `provisional`, a failure recorded by `Fail` that stood for it
+    /// until its details came (a worker process's brief failure frame): the run's first failure,
+    /// or one of the others, with the same stage.
+    member _.Refine(provisional: exn, e: exn) =
+        lock sync (fun () ->
+            if obj.ReferenceEquals(error, provisional) then
+                tag e ErrorKeys.Stage provisional.Data[ErrorKeys.Stage]
+
+                match provisional.Data[ErrorKeys.Others] with
+                | null -> ()
+                | others -> tag e ErrorKeys.Others others
+
+                error <- e
+            elif not (isNull error) then
+                match error.Data[ErrorKeys.Others] with
+                | :? List<exn> as others ->
+                    match others.IndexOf provisional with
+                    | -1 -> ()
+                    | i ->
+                        tag e ErrorKeys.Stage provisional.Data[ErrorKeys.Stage]
+                        others[i] <- e
+                | _ -> ())
+
     /// Stops the run: every queue and turnstile wakes its waiters, who then leave.
     member _.Cancel() =
         try

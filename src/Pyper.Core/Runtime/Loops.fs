@@ -3,6 +3,7 @@ namespace Pyper
 open System
 open System.Collections.Generic
 open System.Diagnostics
+open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
 
@@ -136,13 +137,17 @@ module internal Loops =
         else
             Task.CompletedTask
 
-    let private pourAsync (em: Emitter<'b>) (items: IAsyncEnumerable<'b>) (token: CancellationToken) : Task =
-        // Whatever is buffered is handed on before waiting for an item that is not ready yet.
-        AsyncStream.forEach (NullResult.stream items) token (fun () -> flushNow em) (fun x ->
+    /// Hands on the items of `items` as they come; `flush` hands on whatever is buffered before
+    /// waiting for an item that is not ready yet.
+    let private pourAsyncWith (flush: unit -> Task) (em: Emitter<'b>) (items: IAsyncEnumerable<'b>) token : Task =
+        AsyncStream.forEach (NullResult.stream items) token flush (fun x ->
             if em.Add(x, false) then
                 em.EmitAsync()
             else
                 Task.CompletedTask)
+
+    let private pourAsync (em: Emitter<'b>) (items: IAsyncEnumerable<'b>) (token: CancellationToken) : Task =
+        pourAsyncWith (fun () -> flushNow em) em items token
 
     let branchThread (f: 'a -> seq<'b>) (env: WorkerEnv<'a, 'b>) =
         let input = newBuf<'a>()
@@ -197,8 +202,20 @@ module internal Loops =
         task {
             let em = Emitter<'b>(env.Output, null, Probe = env.Probe)
             let token = env.Ctx.Token
+
+            // Once nothing reads this stage's results, the stages before it stop and its input
+            // ends: the join's move in flight (which `forEach` awaits) cannot wait for ever.
+            let flush () : Task =
+                task {
+                    try
+                        do! flushNow em
+                    with :? ReadersGoneException as gone ->
+                        env.Input.CloseReaders()
+                        ExceptionDispatchInfo.Throw gone
+                }
+
             env.Probe.SetBusy(env.Worker, true)
-            do! pourAsync em (f (QueueStream env.Input) token) token
+            do! pourAsyncWith flush em (f (QueueStream env.Input) token) token
             do! em.EmitAsync()
             env.Probe.SetBusy(env.Worker, false)
         }

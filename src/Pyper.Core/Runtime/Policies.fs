@@ -4,6 +4,7 @@ open System
 open System.Diagnostics
 open System.Runtime.ExceptionServices
 open System.Threading
+open System.Threading.RateLimiting
 open System.Threading.Tasks
 open Pyper.FSharp
 
@@ -16,6 +17,8 @@ type internal StagePolicy<'a> =
         OnError: OnError<'a>
         /// The user's counts, or private ones.
         Counts: FailureCounts
+        /// One permit of it is taken before each call (null: no rate limit).
+        RateLimit: RateLimiter
     }
 
 /// One call's result, written by the thread that made it (a new slot per call, so a call that
@@ -82,7 +85,17 @@ module internal Policies =
 
     /// Checks a stage's timeout and failure policy (`stage` names the stage in messages); None
     /// when neither asks for anything (the stage then runs the plain loops).
-    let check (stage: string) (timeout: TimeSpan option) (onError: OnError<'a> option) (counts: FailureCounts option) =
+    let check
+        (stage: string)
+        (timeout: TimeSpan option)
+        (onError: OnError<'a> option)
+        (counts: FailureCounts option)
+        (rateLimit: RateLimiter option)
+        =
+        match rateLimit with
+        | Some r when isNull r -> raise (ArgumentNullException("rateLimit", $"{stage}: rateLimit is null."))
+        | _ -> ()
+
         match timeout with
         | Some t when t <= TimeSpan.Zero || t > MaxTimeout ->
             raise (
@@ -138,14 +151,15 @@ module internal Policies =
         | Some rule -> final rule
         | None -> ()
 
-        match timeout, onError with
-        | None, (None | Some OnError.Fail) -> None
+        match timeout, onError, rateLimit with
+        | None, (None | Some OnError.Fail), None -> None
         | _ ->
             Some
                 {
                     Timeout = timeout
                     OnError = defaultArg onError OnError.Fail
                     Counts = defaultArg counts (FailureCounts())
+                    RateLimit = Option.toObj rateLimit
                 }
 
     /// The wait before retry `k` (from 1): backoff * 2^(k-1), capped, then a random time between
@@ -197,6 +211,68 @@ module internal Policies =
             $"Stage '{env.Name}' (map): the item at input position {position} (from 0) ran longer than the stage's timeout ({t}).",
             inner
         )
+
+    let private refused (env: WorkerEnv<'a, 'b>) =
+        InvalidOperationException(
+            $"Stage '{env.Name}' (map): its rate limiter refused a permit without a retry-after time; give the limiter a queue (QueueLimit at least the stage's workers) so that the stage can wait for permits."
+        )
+
+    let private retryAfter (lease: RateLimitLease) =
+        match lease.TryGetMetadata MetadataName.RetryAfter with
+        | true, after -> ValueSome after
+        | _ -> ValueNone
+
+    /// Blocks until the stage's rate limiter grants one permit (null when the stage has none):
+    /// waits in the limiter's queue, or, when it refuses with a retry-after time, that long before
+    /// asking again. The caller disposes the lease once the call has returned.
+    let permit (env: WorkerEnv<'a, 'b>) (p: StagePolicy<'a>) : RateLimitLease =
+        if isNull p.RateLimit then
+            null
+        else
+            let token = env.Ctx.Token
+
+            let mutable lease =
+                p.RateLimit.AcquireAsync(1, token).AsTask().GetAwaiter().GetResult()
+
+            while not lease.IsAcquired do
+                let after = retryAfter lease
+                lease.Dispose()
+
+                match after with
+                | ValueSome t ->
+                    if token.WaitHandle.WaitOne t then
+                        raise (OperationCanceledException token)
+                | ValueNone -> raise (refused env)
+
+                lease <- p.RateLimit.AcquireAsync(1, token).AsTask().GetAwaiter().GetResult()
+
+            lease
+
+    /// `permit` for async workers: waits without blocking a thread.
+    let permitAsync (env: WorkerEnv<'a, 'b>) (p: StagePolicy<'a>) : ValueTask<RateLimitLease> =
+        if isNull p.RateLimit then
+            ValueTask<RateLimitLease>(null: RateLimitLease)
+        else
+            ValueTask<RateLimitLease>(
+                task {
+                    let token = env.Ctx.Token
+                    let! first = p.RateLimit.AcquireAsync(1, token)
+                    let mutable lease = first
+
+                    while not lease.IsAcquired do
+                        let after = retryAfter lease
+                        lease.Dispose()
+
+                        match after with
+                        | ValueSome t -> do! Task.Delay(t, token)
+                        | ValueNone -> raise (refused env)
+
+                        let! next = p.RateLimit.AcquireAsync(1, token)
+                        lease <- next
+
+                    return lease
+                }
+            )
 
     /// A blocking map stage's loop under a policy. With a timeout, items are taken one at a time
     /// (the batch's ticket is then the item's input position) and each call runs on a `Caller`.
@@ -255,12 +331,18 @@ module internal Policies =
 
                         while pending do
                             attempts <- attempts + 1
+                            // Outside the item's failure handling: a refused permit fails the run.
+                            let lease = permit env p
                             let mutable failure = null
 
                             try
-                                output[k] <- call x (ticket + int64 i)
-                                k <- k + 1
-                                pending <- false
+                                try
+                                    output[k] <- call x (ticket + int64 i)
+                                    k <- k + 1
+                                    pending <- false
+                                finally
+                                    if not (isNull lease) then
+                                        lease.Dispose()
                             with e ->
                                 failure <- e
 
@@ -278,6 +360,7 @@ module internal Policies =
                         Wait.turn env.Turnstile ticket
 
                     Wait.write env.Output output k
+                    env.Probe.Out k
 
                     if not (isNull env.Turnstile) then
                         env.Turnstile.Advance()
@@ -311,7 +394,11 @@ module internal Policies =
             try
                 return! call.WaitAsync t
             with
-            | :? TimeoutException as e when not call.IsCompleted ->
+            // WaitAsync's own timeout (the call may have ended since, cancelled by `cts`), not a
+            // TimeoutException of the call itself.
+            | :? TimeoutException as e when
+                not (call.IsFaulted && obj.ReferenceEquals(call.Exception.InnerException, e))
+                ->
                 cts.Cancel()
                 // The late call is no longer awaited: observe its failure, if it fails.
                 call.ContinueWith(
@@ -330,23 +417,26 @@ module internal Policies =
                 return raise (timedOut env position t e)
         }
 
-    /// An async map stage's loop under a policy. With a timeout, items are taken one at a time
-    /// (the batch's ticket is then the item's input position).
-    let mapPool (p: StagePolicy<'a>) (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+    /// The policy loop every awaiting executor shares (async workers, worker processes): takes
+    /// items (one at a time when `single`: the batch's ticket is then the item's input position),
+    /// calls `ready` before each attempt (outside the policy: a failure there ends the worker),
+    /// then `call` with the item and its input position, and applies the policy to a failed call.
+    let mapEach
+        (p: StagePolicy<'a>)
+        (single: bool)
+        (ready: unit -> Task)
+        (call: 'a -> int64 -> Task<'b>)
+        (env: WorkerEnv<'a, 'b>)
+        : Task =
         let input = Array.zeroCreate<'a> Tuning.MaxBatch
         let output = Array.zeroCreate<'b> Tuning.MaxBatch
         let token = env.Ctx.Token
-
-        let call (x: 'a) (position: int64) : Task<'b> =
-            match p.Timeout with
-            | None -> (f x token).AsTask()
-            | Some t -> callWithin env p t f x position
 
         task {
             let mutable go = true
 
             while go do
-                let limit = if p.Timeout.IsSome then 1 else env.Sizer.Limit
+                let limit = if single then 1 else env.Sizer.Limit
                 let! struct (n, ticket) = Wait.takeAsync env.Input input limit false
 
                 if n = 0 then
@@ -363,13 +453,19 @@ module internal Policies =
 
                         while pending do
                             attempts <- attempts + 1
+                            do! ready ()
+                            let! lease = permitAsync env p
                             let mutable failure = null
 
                             try
-                                let! r = call x (ticket + int64 i)
-                                output[k] <- r
-                                k <- k + 1
-                                pending <- false
+                                try
+                                    let! r = call x (ticket + int64 i)
+                                    output[k] <- r
+                                    k <- k + 1
+                                    pending <- false
+                                finally
+                                    if not (isNull lease) then
+                                        lease.Dispose()
                             with e ->
                                 failure <- e
 
@@ -388,6 +484,7 @@ module internal Policies =
 
                     if k > 0 then
                         do! Wait.writeAsync env.Output output k
+                        env.Probe.Out k
 
                     if not (isNull env.Turnstile) then
                         env.Turnstile.Advance()
@@ -395,3 +492,14 @@ module internal Policies =
                     Buffers.clear output k
                     env.Input.Release n
         }
+
+    /// An async map stage's loop under a policy. With a timeout, items are taken one at a time.
+    let mapPool (p: StagePolicy<'a>) (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
+        let token = env.Ctx.Token
+
+        let call (x: 'a) (position: int64) : Task<'b> =
+            match p.Timeout with
+            | None -> (f x token).AsTask()
+            | Some t -> callWithin env p t f x position
+
+        mapEach p p.Timeout.IsSome (fun () -> Task.CompletedTask) call env

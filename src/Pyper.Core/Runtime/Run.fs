@@ -85,9 +85,16 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
             start ()
 
         if len > 0 then
+            if pos < len then
+                Buffers.clear buf len // results not yielded (the run failed meanwhile)
+
             final.Release len
             len <- 0
             pos <- 0
+
+        // Once a failure is known nothing more is yielded, even before every queue is aborted.
+        if not (isNull ctx.Error) then
+            raise (RunAbortedException())
 
         let struct (n, _, wait) = final.TryTake(buf, Tuning.MaxBatch, false, waiter)
 
@@ -117,7 +124,7 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
     member _.MoveNextBlocking() =
         let sync (t: Task<bool>) = t.GetAwaiter().GetResult()
 
-        if pos < len then
+        if pos < len && isNull ctx.Error then
             next ()
         elif over then
             false
@@ -184,7 +191,7 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         member _.Current = current
 
         member this.MoveNextAsync() =
-            if pos < len then
+            if pos < len && isNull ctx.Error then
                 ValueTask<bool>(next ())
             elif over then
                 ValueTask<bool>(false)

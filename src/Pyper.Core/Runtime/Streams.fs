@@ -84,7 +84,11 @@ type internal QueueStream<'a>(q: BatchQueue<'a>) =
 /// Async stream helpers (the BCL has no awaited foreach for F#).
 module internal AsyncStream =
     /// Awaits `action` for each item of `items`, then disposes the enumerator (also on failure).
-    /// `beforeWait` runs whenever the next item is not ready at once.
+    /// `beforeWait` runs whenever the next item is not ready at once, while that move is in
+    /// flight: if it fails, the move is still awaited before the enumerator is disposed (which
+    /// a move in flight forbids), and its outcome observed (left alone, a move that fails as the
+    /// run stops, as a join's input does, would be an unobserved task exception). The move's
+    /// own failure is raised then, else the one of `beforeWait`.
     let forEach
         (items: IAsyncEnumerable<'T>)
         (token: CancellationToken)
@@ -100,11 +104,19 @@ module internal AsyncStream =
 
                 while more do
                     let next = e.MoveNextAsync()
+                    let mutable stopped: ExceptionDispatchInfo = null
 
                     if not next.IsCompleted then
-                        do! beforeWait ()
+                        try
+                            do! beforeWait ()
+                        with ex ->
+                            stopped <- ExceptionDispatchInfo.Capture ex
 
                     let! m = next
+
+                    if not (isNull stopped) then
+                        stopped.Throw()
+
                     more <- m
 
                     if m then

@@ -46,6 +46,21 @@ type internal BatchRunner<'a, 'b>(f: Func<'a, 'b>) =
             Array.blit json 0 reply 8 json.Length
             reply
 
+/// A function of a bound argument and an item, closed over the argument once per worker process
+/// (a map stage's runner).
+[<AbstractClass; Sealed>]
+type internal Bound<'c, 'a, 'b> =
+    /// An F# function `'c -> 'a -> 'b` (its one-argument Invoke): applied to the argument once.
+    static member OfFSharp(f: obj, arg: obj) : IStageRunner =
+        let g = (f :?> Func<'c, FSharpFunc<'a, 'b>>).Invoke(unbox<'c> arg)
+        Runners.make<'a, 'b> Shape.Map (Func<'a, 'b>(fun x -> g x))
+
+    /// A delegate `Func<'c, 'a, 'b>`: called with the argument and each item.
+    static member OfDelegate(f: obj, arg: obj) : IStageRunner =
+        let d = f :?> Func<'c, 'a, 'b>
+        let arg = unbox<'c> arg
+        Runners.make<'a, 'b> Shape.Map (Func<'a, 'b>(fun x -> d.Invoke(arg, x)))
+
 /// The worker process's side: `Pyper.Worker` calls `run` with its command line.
 module internal ProcessHost =
     [<DllImport("libc", EntryPoint = "getppid")>]
@@ -130,15 +145,53 @@ module internal ProcessHost =
 
         make.Invoke(null, [| box shape; box f |]) :?> IStageRunner
 
+    /// The runner of a map stage's function with a bound argument (`Wire.InitBound`'s payload: the
+    /// shape, the function's encoding's length (4 bytes), the encoding, the argument as JSON): an F#
+    /// function value `'c -> 'a -> 'b` (a closure's one-argument Invoke) or a two-parameter method.
+    let internal boundRunner (payload: ReadOnlySpan<byte>) : IStageRunner =
+        let n = Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(payload.Slice(1, 4))
+        let r = FunctionRef.Decode(payload.Slice(5, n).ToArray())
+        let json = payload.Slice(5 + n).ToArray()
+        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
+        resolveIn (Path.GetDirectoryName r.Assembly)
+        let t, m = r.Resolve assembly
+
+        let target =
+            if r.Instance then
+                Activator.CreateInstance(t, true)
+            else
+                null
+
+        let ps = m.GetParameters()
+
+        let make (c: Type) (a: Type) (b: Type) (how: string) (f: obj) =
+            let arg = JsonSerializer.Deserialize(ReadOnlySpan json, c, Wire.options)
+
+            typedefof<Bound<_, _, _>>
+                .MakeGenericType(c, a, b)
+                .GetMethod(how, BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic)
+                .Invoke(null, [| f; arg |])
+            :?> IStageRunner
+
+        if ps.Length = 1 then
+            let c, inner = ps[0].ParameterType, m.ReturnType.GetGenericArguments()
+
+            let f =
+                m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(c, m.ReturnType), target)
+
+            make c inner[0] inner[1] "OfFSharp" f
+        else
+            let c, a, b = ps[0].ParameterType, ps[1].ParameterType, m.ReturnType
+            let f = m.CreateDelegate(typedefof<Func<_, _, _>>.MakeGenericType(c, a, b), target)
+            make c a b "OfDelegate" f
+
     /// Answers a failure (unless the parent has gone: then false).
     let private answerFailure (link: WorkerLink) (e: exn) =
         match e with
         | :? ParentGoneException -> false
         | e ->
             try
-                link.Begin()
-                link.Frame.Writer.Write(ReadOnlySpan(RemoteFailures.encode e))
-                link.Send Wire.Failure
+                link.SendFailure e
                 true
             with :? ParentGoneException ->
                 false
@@ -181,6 +234,8 @@ module internal ProcessHost =
                         run.Join link
                     with :? ParentGoneException ->
                         go <- false
+            elif link.Reader.Kind = Wire.InitBound then
+                run <- boundRunner link.Reader.Payload
             elif link.Reader.Kind = Wire.Batch then
                 // The parent may stop the run (and close the connection) while this batch runs.
                 try

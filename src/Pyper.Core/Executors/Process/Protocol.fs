@@ -31,6 +31,16 @@ module internal Wire =
     [<Literal>]
     let End = 6uy
 
+    /// Like `Init`, with a bound argument: the function's encoding's length (4 bytes), the
+    /// encoding, then the argument as JSON.
+    [<Literal>]
+    let InitBound = 7uy
+
+    /// A failure's first word, sent before its `Failure` frame: the exception's type and message
+    /// only, so that the parent stops the run before the worker has encoded the rest.
+    [<Literal>]
+    let BriefFailure = 8uy
+
     /// FSharp.SystemTextJson for F# types only: asking it about every other type (int, arrays)
     /// would load F# reflection into each fresh worker process for nothing.
     [<Sealed>]

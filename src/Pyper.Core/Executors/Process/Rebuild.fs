@@ -185,12 +185,8 @@ module internal RemoteExceptions =
                 Nullable()
             )
 
-    /// The exception a worker's failure payload stands for, in stage `stage` whose results are `results`.
-    let decode (stage: string) (results: Type) (payload: ReadOnlySpan<byte>) : exn =
-        let mutable reader = Utf8JsonReader payload
-        use doc = JsonDocument.ParseValue &reader
-        let f = read doc.RootElement
-
+    /// The exception failure `f` stands for, in stage `stage` whose results are `results`.
+    let private ofFailure (stage: string) (results: Type) (f: RemoteFailure) : exn =
         if f.Results then
             NotSupportedException(
                 $"Stage '{stage}': a result of type {results} cannot be sent back from a worker process: {f.Type.Split(',')[0]}: {f.Message}"
@@ -204,6 +200,17 @@ module internal RemoteExceptions =
                     RemoteStageException($"Stage '{stage}': {r.Message}", f.Type, f.StackTrace, Nullable())
                 | e -> e
 
+    /// The exception a worker's failure payload stands for, in stage `stage` whose results are `results`.
+    let decode (stage: string) (results: Type) (payload: ReadOnlySpan<byte>) : exn =
+        let mutable reader = Utf8JsonReader payload
+        use doc = JsonDocument.ParseValue &reader
+        ofFailure stage results (read doc.RootElement)
+
+    /// The exception a brief failure frame stands for (its type and message only), until the
+    /// full frame comes.
+    let decodeBrief (stage: string) (results: Type) (payload: byte[]) : exn =
+        ofFailure stage results (readBrief payload)
+
     /// The parent's side of `RemoteFailures.warmUp`: rebuilds one exception once per process, on a
     /// pool thread, so that the first failure of a run stops it as fast as on threads.
     let warmUp =
@@ -211,12 +218,13 @@ module internal RemoteExceptions =
             lazy
                 (ThreadPool.UnsafeQueueUserWorkItem(
                     (fun _ ->
-                        let frame =
+                        let brief, frame =
                             try
                                 raise (InvalidOperationException "warm-up")
                             with e ->
-                                RemoteFailures.encode e
+                                RemoteFailures.brief e, RemoteFailures.encode e
 
+                        decodeBrief "warm-up" typeof<int> brief |> ignore
                         decode "warm-up" typeof<int> (ReadOnlySpan frame) |> ignore),
                     null
                  )

@@ -43,6 +43,16 @@ type internal WorkerLink(stream: Stream) =
         with :? IOException as e ->
             raise (ParentGoneException e)
 
+    /// Sends a failure: its brief frame first (type and message: the parent stops the run on it),
+    /// then the full one, whose first encoding costs a cold process 50-150 ms.
+    member this.SendFailure(e: exn) =
+        this.Begin()
+        frame.Writer.Write(ReadOnlySpan(RemoteFailures.brief e))
+        this.Send Wire.BriefFailure
+        this.Begin()
+        frame.Writer.Write(ReadOnlySpan(RemoteFailures.encode e))
+        this.Send Wire.Failure
+
     /// The next frame of the parent; throws ParentGoneException when it has gone.
     member this.Next() =
         let ok =
@@ -199,10 +209,7 @@ type internal JoinRunner<'a, 'b, 'r>(shape: Shape, f: Func<IEnumerable<'a>, 'r>,
             // input, unread by the function: the frame after End belongs to the next stage served.
             match failure with
             | null -> pending.Finish clock.Elapsed.Ticks
-            | e ->
-                link.Begin()
-                link.Frame.Writer.Write(ReadOnlySpan(RemoteFailures.encode e))
-                link.Send Wire.Failure
+            | e -> link.SendFailure e
 
             while not ended.Value do
                 link.Next()
