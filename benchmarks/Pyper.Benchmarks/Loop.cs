@@ -26,6 +26,34 @@ public static class Loop
         return 0;
     }
 
+    /// <summary>Runs scenario 5 (a trivial function on small records, or on ints, in 2 worker processes) until
+    /// <paramref name="time"/> is up, printing items/s and this (the parent) process's CPU per item.</summary>
+    public static int Processes(string what, int items, TimeSpan time)
+    {
+        var readings = Enumerable.Range(0, items).Select(i => new Reading(i, "s" + (i % 10), i)).ToArray();
+        var ints = Enumerable.Range(0, items).ToArray();
+        var records = Pyper.Pipeline.Start<Reading>().Map(ProcessThroughput.Calibrate, workers: 2, multiprocess: true);
+        var numbers = Pyper.Pipeline.Start<int>().Map(ProcessThroughput.Increment, workers: 2, multiprocess: true);
+        Func<long> once = what switch
+        {
+            "records" => () => Sum(records, readings).Result,
+            "ints" => () => Peers.RunCSharp(numbers, ints).Result,
+            _ => throw new ArgumentException($"--loop-proc: unknown items '{what}' (records, ints)"),
+        };
+
+        var (runs, elapsed, cpu, _) = Repeat(once, time);
+        var total = (double)runs * items;
+        Console.WriteLine($"{what}, {items} items, 2 worker processes: {runs} runs, {total / elapsed.TotalSeconds / 1000:F0}k items/s, parent CPU {cpu.TotalNanoseconds / total:F0} ns/item");
+        return 0;
+    }
+
+    private static async Task<long> Sum(Pyper.Pipeline<Reading, Reading> pipeline, Reading[] source)
+    {
+        long sum = 0;
+        await foreach (var r in pipeline.RunEach(source)) sum += r.Id;
+        return sum;
+    }
+
     /// <summary>Runs scenario 1 (3 trivial stages, 1,000,000 ints) with one system until <paramref name="time"/> is up.</summary>
     public static int Overhead(string who, int workers, TimeSpan time)
     {

@@ -13,11 +13,14 @@ using Pyper.Benchmarks;
 // One scenario in a loop (dotnet fsi build.fsx profile runs the first under dotnet-trace):
 //   --loop <F#|C#|Dataflow|Channels|ChannelsChunked> <workers> <seconds>   3 trivial stages over 1,000,000 ints
 //   --loop-cpu <threads|processes|Channels> <items> <workers> <seconds>   scenario 4's CPU stage
+//   --loop-proc <records|ints> <items> <seconds>   scenario 5: items/s and the parent's CPU per item
 //   --loop-first <threads|async|Channels> <seconds>   the first result of a one-item, 3-stage run
 if (args is ["--loop-first", var firstWho, var firstSeconds])
     return Loop.First(firstWho, TimeSpan.FromSeconds(int.Parse(firstSeconds)));
 if (args is ["--loop", var who, var workers, var seconds])
     return Loop.Overhead(who, int.Parse(workers), TimeSpan.FromSeconds(int.Parse(seconds)));
+if (args is ["--loop-proc", var what, var procItems, var procSeconds])
+    return Loop.Processes(what, int.Parse(procItems), TimeSpan.FromSeconds(int.Parse(procSeconds)));
 if (args is ["--loop-cpu", var system, var items, var cpuWorkers, var cpuSeconds])
     return Loop.Cpu(system, int.Parse(items), int.Parse(cpuWorkers), TimeSpan.FromSeconds(int.Parse(cpuSeconds)));
 

@@ -273,6 +273,9 @@ public class ProcessThroughput
 
     public static Reading Calibrate(Reading r) => r with { Value = r.Value * 2 };
 
+    /// <summary>The trivial int function of the <c>--loop-proc ints</c> probe.</summary>
+    public static int Increment(int x) => x + 1;
+
     [GlobalSetup]
     public void Setup()
     {

@@ -139,8 +139,8 @@ public sealed class Pipeline<TIn, TOut>
     /// <summary>Adds a stage whose blocking function returns many results per item, flattened downstream.</summary>
     /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
     public Pipeline<TIn, TNext> Branch<TNext>(
-        Func<TOut, IEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
-        Then(Stage.Branch(f, workers, capacity, ordered, name));
+        Func<TOut, IEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Then(Stage.Branch(f, workers, capacity, ordered, name, multiprocess));
 
     /// <summary>Adds a stage whose function returns an async stream per item, flattened downstream.</summary>
     /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
@@ -149,25 +149,25 @@ public sealed class Pipeline<TIn, TOut>
         Then(Stage.Branch(f, workers, capacity, ordered, name));
 
     /// <summary>Adds a join stage: a blocking function over the whole upstream stream, giving one result.</summary>
-    /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> Join<TNext>(
-        Func<IEnumerable<TOut>, TNext> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
-        Then(Stage.Join(f, workers, capacity, ordered, name));
+        Func<IEnumerable<TOut>, TNext> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Then(Stage.Join(f, workers, capacity, ordered, name, multiprocess));
 
     /// <summary>Adds a join stage awaiting the whole upstream async stream, giving one result.</summary>
-    /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> JoinTask<TNext>(
         Func<IAsyncEnumerable<TOut>, Task<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
         Then(Stage.JoinTask(f, workers, capacity, ordered, name));
 
     /// <summary>Adds a join stage whose blocking function gives many results.</summary>
-    /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> JoinMany<TNext>(
-        Func<IEnumerable<TOut>, IEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
-        Then(Stage.JoinMany(f, workers, capacity, ordered, name));
+        Func<IEnumerable<TOut>, IEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        Then(Stage.JoinMany(f, workers, capacity, ordered, name, multiprocess));
 
     /// <summary>Adds a join stage turning the whole upstream async stream into an async stream of results.</summary>
-    /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Stage.Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?, bool)"/>
     public Pipeline<TIn, TNext> JoinStream<TNext>(
         Func<IAsyncEnumerable<TOut>, IAsyncEnumerable<TNext>> f, int workers = 1, int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null) =>
         Then(Stage.JoinStream(f, workers, capacity, ordered, name));

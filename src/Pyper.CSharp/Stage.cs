@@ -105,9 +105,11 @@ public static class Stage
     /// (Pyper's <c>branch=True</c>). As the first stage it generates the data from the run's input.
     /// </summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    /// <remarks>With <paramref name="multiprocess"/>, each item's results come back from the worker process in chunks
+    /// (up to 1024 results or about 4 MB, or what is left when the batch is done).</remarks>
     public static Pipeline<TIn, TOut> Branch<TIn, TOut>(
-        Func<TIn, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.branch(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        Func<TIn, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        new(Core.Stage.branchFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess)));
 
     /// <summary>A stage whose function returns an async stream per item, flattened downstream.</summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
@@ -121,24 +123,26 @@ public static class Stage
     /// there are n results. Each stream can be enumerated once.
     /// </summary>
     /// <inheritdoc cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    /// <remarks>With <paramref name="multiprocess"/>, each worker's function runs in a worker process (the rules of
+    /// <c>Map</c>): its share of the input streams to it in batches.</remarks>
     public static Pipeline<TIn, TOut> Join<TIn, TOut>(
-        Func<IEnumerable<TIn>, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.join(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        Func<IEnumerable<TIn>, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        new(Core.Stage.joinFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess)));
 
     /// <summary>A join stage whose function awaits the whole upstream async stream and returns one result.</summary>
-    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> JoinTask<TIn, TOut>(
         Func<IAsyncEnumerable<TIn>, Task<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.joinTask(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
 
     /// <summary>A join stage whose blocking function returns many results, flattened downstream.</summary>
-    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> JoinMany<TIn, TOut>(
-        Func<IEnumerable<TIn>, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
-        new(Core.Stage.joinMany(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));
+        Func<IEnumerable<TIn>, IEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false) =>
+        new(Core.Stage.joinManyFunc(f, Some(workers), Some(capacity), Some(ordered), Name(name), Some(multiprocess)));
 
     /// <summary>A join stage that turns the whole upstream async stream into an async stream of results.</summary>
-    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?)"/>
+    /// <inheritdoc cref="Join{TIn, TOut}(Func{IEnumerable{TIn}, TOut}, int, int, bool, string?, bool)"/>
     public static Pipeline<TIn, TOut> JoinStream<TIn, TOut>(
         Func<IAsyncEnumerable<TIn>, IAsyncEnumerable<TOut>> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null) =>
         new(Core.Stage.joinStream(Fn(f), Some(workers), Some(capacity), Some(ordered), Name(name)));

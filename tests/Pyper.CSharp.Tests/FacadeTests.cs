@@ -35,6 +35,12 @@ public static class FacadeTests
 
     private static int Square(int x) => x * x;
 
+    private static IEnumerable<int> Upto(int n) => Enumerable.Range(0, n);
+
+    private static int Total(IEnumerable<int> xs) => xs.Sum();
+
+    private static IEnumerable<int> Evens(IEnumerable<int> xs) => xs.Where(x => x % 2 == 0);
+
     private sealed class Boom(int item) : Exception($"boom at {item}");
 
     /// <summary>Every type the facade exposes, with every type its public members mention.</summary>
@@ -233,6 +239,27 @@ public static class FacadeTests
             Sequence((await Collect(p.RunEach(Enumerable.Range(0, 100)))).Order(), Enumerable.Range(0, 100).Select(x => x * x), "squares");
             var lambda = Stage.Map((int x) => x + 1, multiprocess: true, ordered: true);
             Sequence(await Collect(lambda.RunEach(new[] { 1, 2, 3 })), new[] { 2, 3, 4 }, "a lambda that captures nothing");
+        }),
+
+        Case("multiprocess: Branch, Join and JoinMany run static methods in worker processes", async () =>
+        {
+            var branch = Pipeline.Start<int>().Branch(Upto, workers: 2, multiprocess: true, ordered: true);
+            Equal(branch.Stages.Single().Executor, Executor.Process, "branch executor");
+            Sequence(await Collect(branch.RunEach(new[] { 3, 0, 2 })), new[] { 0, 1, 2, 0, 1 }, "flattened, in order");
+            var join = Pipeline.Start<int>().Join(Total, multiprocess: true);
+            Sequence(await Collect(join.RunEach(Enumerable.Range(1, 100))), new[] { 5050 }, "the whole stream's sum");
+            var many = Pipeline.Start<int>().JoinMany(Evens, multiprocess: true);
+            Sequence(await Collect(many.RunEach(Enumerable.Range(1, 10))), new[] { 2, 4, 6, 8, 10 }, "many results");
+            var k = Environment.ProcessorCount;
+            try
+            {
+                Stage.Branch((int x) => Enumerable.Repeat(x, k), multiprocess: true, name: "rep");
+                throw new AssertException("expected an ArgumentException");
+            }
+            catch (ArgumentException e)
+            {
+                True(e.Message.Contains("Stage 'rep' (branch)") && e.Message.Contains("captures variables"), e.Message);
+            }
         }),
 
         Case("multiprocess: a capturing lambda and an async function are refused when built", () =>

@@ -21,6 +21,7 @@ let private all =
             DedicatedThreadTests.tests
             LawTests.tests
             ProcessTests.tests
+            ProcessWireTests.tests
             ChannelTests.tests
             HardeningTests.tests
             ProcessHardeningTests.tests

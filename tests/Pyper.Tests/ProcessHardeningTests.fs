@@ -93,6 +93,12 @@ module Remote =
     let stuckAt3 (x: int) =
         if x = 3 then raise (StuckEncoding()) else x
 
+    let stuckBranchAt3 (x: int) : seq<int> =
+        if x = 3 then raise (StuckEncoding()) else Seq.replicate 2 x
+
+    let stuckJoinAt3 (xs: seq<int>) : int =
+        Seq.sumBy (fun x -> if x = 3 then raise (StuckEncoding()) else x) xs
+
     let echoBundle (b: Bundle) = b
     let fieldEcho (f: FieldItem) = f
     let sum (struct (a: int, b: int)) = a + b
@@ -133,14 +139,19 @@ module Generic =
     let describe<'T> () =
         Stage.map ((fun (x: int) -> typeof<'T>.Name + string x), multiprocess = true)
 
-/// What the wire does to a value: the parent's batch framing, the worker's reading and its reply.
+/// What the wire does to a value: the parent's batch framing, the worker's reading and its reply
+/// (both through the codec of 'T).
 let wireRoundTrip (x: 'T) : 'T =
-    let buffer = Buffers.ArrayBufferWriter<byte>()
-    let n = Wire.serializeBatch [| x |] 0 1 buffer
-    Expect.equal n 1 "one item"
-    let items = JsonSerializer.Deserialize<'T[]>(buffer.WrittenSpan, Wire.options)
-    let reply = JsonSerializer.SerializeToUtf8Bytes(items, Wire.options)
-    (JsonSerializer.Deserialize<'T[]>(ReadOnlySpan reply, Wire.options))[0]
+    let codec = Codecs.get<'T>()
+
+    let pass (items: 'T[]) =
+        let buffer = Buffers.ArrayBufferWriter<byte>()
+        Expect.equal (codec.Write(items, 0, 1, Wire.BatchBytes, buffer)) 1 "one item"
+        let back = Array.zeroCreate<'T> 1
+        Expect.equal (codec.Read(buffer.WrittenSpan, back, 0)) 1 "one item back"
+        back
+
+    (pass (pass [| x |]))[0]
 
 /// Floats without NaN, so that structural equality can compare what comes back (NaN and the
 /// infinities have a test of their own).
@@ -323,6 +334,24 @@ let tests =
 
                     Expect.isTrue (e :? StuckEncoding) $"the original type, got {e.GetType()}"
                     Expect.equal e.Message "stuck in encoding" "the original message")
+
+            processTest
+                "a branch or join failure whose full frame never comes still ends the run, with its type and message"
+                (fun () ->
+                    // As above, for the branch and join stages' worker processes (their failures
+                    // send the brief frame first too). Before, these runs hung.
+                    let run (stage: Pipeline<int, int>) =
+                        withinGuard "the failed run" (fun () ->
+                            Threading.Tasks.Task.Run(fun () ->
+                                catchExn (fun () -> Pipeline.toSeqFrom [ 1..10 ] stage |> Seq.iter ignore)))
+
+                    for e in
+                        [
+                            run (Stage.branch (Remote.stuckBranchAt3, multiprocess = true))
+                            run (Stage.join (Remote.stuckJoinAt3, multiprocess = true))
+                        ] do
+                        Expect.isTrue (e :? StuckEncoding) $"the original type, got {e.GetType()}"
+                        Expect.equal e.Message "stuck in encoding" "the original message")
 
             processTest "exceptions keep their type, message and properties" (fun () ->
                 match remoteError 0 with

@@ -213,9 +213,11 @@ module internal Build =
             && (t.GetGenericTypeDefinition() = typedefof<ValueTask<_>>
                 || t.GetGenericTypeDefinition() = typedefof<Async<_>>))
 
-    /// A map stage whose workers run in other processes (`kind`: on this machine or distributed);
-    /// `locate` finds how a worker re-creates the function, `executor` makes the stage's executor.
-    let remoteStage<'a, 'b>
+    /// A stage of `stageKind` whose workers run in other processes (`kind`: on this machine or
+    /// distributed); `locate` finds how a worker re-creates the function, `executor` makes the
+    /// stage's executor. 'a and 'b are the stage's items and results (a branch's or join's elements).
+    let remoteStageOf<'a, 'b>
+        (stageKind: StageKind)
         (kind: Executor)
         (executor: FunctionRef -> StageExecutor<'a, 'b>)
         (f: obj)
@@ -225,14 +227,21 @@ module internal Build =
         ordered
         name
         =
-        notNull StageKind.Map name f
-        let info = info StageKind.Map kind false workers capacity ordered name
-        let stage = describe name StageKind.Map
+        notNull stageKind name f
+        let joins = stageKind = StageKind.Join
+        let info = info stageKind kind joins workers capacity ordered name
+        let stage = describe name stageKind
 
         if isAsync typeof<'b> then
+            let instead =
+                match stageKind with
+                | StageKind.Branch -> "Stage.branchStream"
+                | StageKind.Join -> "Stage.joinTask or Stage.joinStream"
+                | _ -> "Stage.mapTask"
+
             raise (
                 ArgumentException(
-                    $"{stage}: an async function (returning {typeof<'b>.Name}) cannot run in worker processes, as in Pyper: run it on the async executor (Stage.mapTask) instead.",
+                    $"{stage}: an async function (returning {typeof<'b>.Name}) cannot run in worker processes, as in Pyper: run it on the async executor ({instead}) instead.",
                     "multiprocess"
                 )
             )
@@ -245,37 +254,79 @@ module internal Build =
         | Ok fref -> Interpreter.stage info (executor fref)
         | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {why}.", "f"))
 
-    /// How a worker re-creates a delegate, refusing a method whose own types are not the stage's
-    /// (a worker process reads items as the method's own types).
-    let delegateRef<'a, 'b> (f: Func<'a, 'b>) =
+    /// A map stage whose workers run in other processes (see `remoteStageOf`).
+    let remoteStage<'a, 'b>
+        (kind: Executor)
+        (executor: FunctionRef -> StageExecutor<'a, 'b>)
+        (f: obj)
+        (locate: unit -> Result<FunctionRef, string>)
+        workers
+        capacity
+        ordered
+        name
+        =
+        remoteStageOf<'a, 'b> StageKind.Map kind executor f locate workers capacity ordered name
+
+    /// How a worker re-creates a delegate of `shape`, refusing a method whose own types are not the
+    /// stage's (a worker process reads items as the method's own types, or their elements).
+    let delegateRefOf<'a, 'b> (shape: Shape) (f: Delegate) =
         let m = f.Method
         let ps = m.GetParameters()
 
-        if
-            ps.Length = 1
-            && (ps[0].ParameterType <> typeof<'a> || m.ReturnType <> typeof<'b>)
-        then
+        if ps.Length = 1 && Runners.itemTypes shape m <> (typeof<'a>, typeof<'b>) then
+            let what =
+                match shape with
+                | Shape.Map -> "items"
+                | _ -> "items (sequence elements)"
+
             Error
-                $"the method takes {ps[0].ParameterType} and returns {m.ReturnType}, but the stage's items are {typeof<'a>} and its results {typeof<'b>}: wrap it in a lambda of the stage's own types"
+                $"the method takes {ps[0].ParameterType} and returns {m.ReturnType}, but the stage's {what} are {typeof<'a>} and its results {typeof<'b>}: wrap it in a lambda of the stage's own types"
         else
             FunctionRefs.ofDelegate f
 
-    /// A map stage whose workers are processes on this machine: the plain loop, or the
-    /// policy-aware one when a timeout or failure policy is set.
-    /// `bound` is the JSON of a bound argument (see `bound`), or null.
-    let processStage<'a, 'b> f locate workers capacity ordered name timeout onError counts rateLimit (bound: byte[]) =
-        let policy =
-            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+    /// How a worker re-creates a delegate (map stages).
+    let delegateRef<'a, 'b> (f: Func<'a, 'b>) = delegateRefOf<'a, 'b> Shape.Map f
 
-        remoteStage<'a, 'b>
+    /// A stage of `shape` whose workers are processes on this machine: the plain loops, or (map
+    /// stages) the policy-aware one when a timeout or failure policy is set. `bound` is the JSON of
+    /// a bound argument (see `bound`; map stages), or null.
+    let processStageOf<'a, 'b>
+        (shape: Shape)
+        f
+        locate
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        rateLimit
+        (bound: byte[])
+        =
+        let stageKind =
+            match shape with
+            | Shape.Map -> StageKind.Map
+            | Shape.Branch -> StageKind.Branch
+            | _ -> StageKind.Join
+
+        let policy =
+            Policies.check (describe name stageKind) timeout onError counts rateLimit
+
+        remoteStageOf<'a, 'b>
+            stageKind
             Executor.Process
-            (fun fref -> ProcessExecutor<'a, 'b>(fref, policy, bound))
+            (fun fref -> ProcessExecutor<'a, 'b>(shape, fref, policy, bound))
             f
             locate
             workers
             capacity
             ordered
             name
+
+    /// A map stage whose workers are processes on this machine (see `processStageOf`).
+    let processStage<'a, 'b> f locate workers capacity ordered name timeout onError counts rateLimit (bound: byte[]) =
+        processStageOf<'a, 'b> Shape.Map f locate workers capacity ordered name timeout onError counts rateLimit bound
 
     /// A process stage's bound argument as JSON (sent once to each worker process), refused with
     /// an ArgumentException (`arg`) naming the stage when it cannot cross to a worker process.

@@ -229,17 +229,136 @@ type Stage =
         ) =
         Build.mapPoolWithState init f dispose workers capacity ordered name timeout onError counts rateLimit
 
-    static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)
+    static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+        if defaultArg multiprocess false then
+            Build.processStageOf<'a, 'b>
+                Shape.Branch
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                None
+                None
+                None
+                None
+                null
+        else
+            Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)
+
+    static member branchFunc(f: Func<'a, IEnumerable<'b>>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+        if defaultArg multiprocess false then
+            Build.processStageOf<'a, 'b>
+                Shape.Branch
+                (box f)
+                (fun () -> Build.delegateRefOf<'a, 'b> Shape.Branch f)
+                workers
+                capacity
+                ordered
+                name
+                None
+                None
+                None
+                None
+                null
+        else
+            Stage.branch (
+                (if isNull f then Unchecked.defaultof<_> else f.Invoke),
+                ?workers = workers,
+                ?capacity = capacity,
+                ?ordered = ordered,
+                ?name = name
+            )
 
     static member branchStream(f: 'a -> IAsyncEnumerable<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.pool StageKind.Branch false f workers capacity ordered name (Loops.branchPool (fun x _ -> f x))
 
-    static member join(f: seq<'a> -> 'b, ?workers, ?capacity, ?ordered, ?name) =
-        Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread (f >> Build.one))
+    static member join(f: seq<'a> -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+        if defaultArg multiprocess false then
+            Build.processStageOf<'a, 'b>
+                Shape.Join
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                None
+                None
+                None
+                None
+                null
+        else
+            Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread (f >> Build.one))
 
-    static member joinMany(f: seq<'a> -> seq<'b>, ?workers, ?capacity, ?ordered, ?name) =
-        Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread f)
+    static member joinFunc(f: Func<IEnumerable<'a>, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+        if defaultArg multiprocess false then
+            Build.processStageOf<'a, 'b>
+                Shape.Join
+                (box f)
+                (fun () -> Build.delegateRefOf<'a, 'b> Shape.Join f)
+                workers
+                capacity
+                ordered
+                name
+                None
+                None
+                None
+                None
+                null
+        else
+            Stage.join (
+                (if isNull f then Unchecked.defaultof<_> else f.Invoke),
+                ?workers = workers,
+                ?capacity = capacity,
+                ?ordered = ordered,
+                ?name = name
+            )
+
+    static member joinMany(f: seq<'a> -> seq<'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
+        if defaultArg multiprocess false then
+            Build.processStageOf<'a, 'b>
+                Shape.JoinMany
+                (box f)
+                (fun () -> FunctionRefs.ofFunction (box f))
+                workers
+                capacity
+                ordered
+                name
+                None
+                None
+                None
+                None
+                null
+        else
+            Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread f)
+
+    static member joinManyFunc
+        (f: Func<IEnumerable<'a>, IEnumerable<'b>>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess)
+        =
+        if defaultArg multiprocess false then
+            Build.processStageOf<'a, 'b>
+                Shape.JoinMany
+                (box f)
+                (fun () -> Build.delegateRefOf<'a, 'b> Shape.JoinMany f)
+                workers
+                capacity
+                ordered
+                name
+                None
+                None
+                None
+                None
+                null
+        else
+            Stage.joinMany (
+                (if isNull f then Unchecked.defaultof<_> else f.Invoke),
+                ?workers = workers,
+                ?capacity = capacity,
+                ?ordered = ordered,
+                ?name = name
+            )
 
     static member joinTask(f: IAsyncEnumerable<'a> -> Task<'b>, ?workers, ?capacity, ?ordered, ?name) =
         Build.pool

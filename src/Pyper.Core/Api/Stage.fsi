@@ -212,8 +212,23 @@ type Stage =
 
     /// A stage whose blocking function returns many results per item, flattened downstream
     /// (Pyper's `branch=True`). As the first stage, it generates the data from the run's input.
+    /// With `multiprocess = true` it runs in worker processes, with the rules of `map`; each item's
+    /// results come back in chunks (up to 1024 results or about 4 MB, or what is left when the
+    /// batch is done), so that a long sequence streams with bounded memory on both sides.
     static member branch:
-        f: ('a -> seq<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: ('a -> seq<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
+            Pipeline<'a, 'b>
+
+    /// `branch` for a .NET delegate (the C# facade's entry point); with `multiprocess = true`, the
+    /// delegate must be a static method or a lambda that captures nothing, in a compiled assembly.
+    static member branchFunc:
+        f: Func<'a, IEnumerable<'b>> *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool ->
+            Pipeline<'a, 'b>
 
     /// A stage whose function returns an async stream per item, flattened downstream.
     static member branchStream:
@@ -223,12 +238,37 @@ type Stage =
     /// A stage whose blocking function reads the whole upstream stream and returns one result
     /// (Pyper's `join=True`). With n workers, the input is split into n partial streams and
     /// there are n results. Each stream can be enumerated once.
+    /// With `multiprocess = true` each worker's function runs in a worker process, with the rules
+    /// of `map`: its share of the input streams to it in batches, the result comes back.
     static member join:
-        f: (seq<'a> -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: (seq<'a> -> 'b) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
+            Pipeline<'a, 'b>
+
+    /// `join` for a .NET delegate (the C# facade's entry point).
+    static member joinFunc:
+        f: Func<IEnumerable<'a>, 'b> *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool ->
+            Pipeline<'a, 'b>
 
     /// A join stage whose function returns many results, flattened downstream (`join` and `branch`).
+    /// With `multiprocess = true`, as `join`; the results come back in chunks as for `branch`.
     static member joinMany:
-        f: (seq<'a> -> seq<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string -> Pipeline<'a, 'b>
+        f: (seq<'a> -> seq<'b>) * ?workers: int * ?capacity: int * ?ordered: bool * ?name: string * ?multiprocess: bool ->
+            Pipeline<'a, 'b>
+
+    /// `joinMany` for a .NET delegate (the C# facade's entry point).
+    static member joinManyFunc:
+        f: Func<IEnumerable<'a>, IEnumerable<'b>> *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?multiprocess: bool ->
+            Pipeline<'a, 'b>
 
     /// A join stage whose function awaits the whole upstream async stream and returns one result.
     static member joinTask:

@@ -28,7 +28,7 @@ module internal Loops =
 
     /// An async worker's loop: takes batches (awaiting, with `waiter`) into `bufs.In` until the
     /// input ends, handing each to `body n ticket`.
-    let private eachBatchAsync
+    let internal eachBatchAsync
         (env: WorkerEnv<'a, 'b>)
         (waiter: AsyncWaiter)
         (bufs: WorkerBuffers<'a, _>)

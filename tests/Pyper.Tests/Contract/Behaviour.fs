@@ -101,6 +101,10 @@ let many (item: Item) : Item list =
         | Head
         | ReadTwice -> invalidArg "item" $"{fn} is a join step"
 
+/// The step's results for one item as a sequence (a branch stage's function, here a module
+/// function that a worker process can load).
+let manySeq (item: Item) : seq<Item> = many item
+
 /// The step's single result (a map stage).
 let one (item: Item) : Item =
     match many item with

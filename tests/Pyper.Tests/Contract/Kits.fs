@@ -231,9 +231,8 @@ let fsharpAsync =
         Batch = None
     }
 
-/// Worker processes. Only map has a process form today; Branch, Join and JoinMany are None
-/// until the library has process forms of them (then they take `Behaviour.many`, `join` and
-/// `joinMany`, module functions a worker process can load, as Map takes `one`).
+/// Worker processes: module functions a worker process can load (`Behaviour.one`, `manySeq`,
+/// `join`, `joinMany`).
 let processes =
     {
         Name = "process"
@@ -247,9 +246,36 @@ let processes =
                     ?name = o.Name,
                     multiprocess = true
                 )
-        Branch = None
-        Join = None
-        JoinMany = None
+        Branch =
+            Some(fun o ->
+                Stage.branch (
+                    manySeq,
+                    workers = o.Workers,
+                    capacity = o.Capacity,
+                    ordered = o.Ordered,
+                    ?name = o.Name,
+                    multiprocess = true
+                ))
+        Join =
+            Some(fun o ->
+                Stage.join (
+                    join,
+                    workers = o.Workers,
+                    capacity = o.Capacity,
+                    ordered = o.Ordered,
+                    ?name = o.Name,
+                    multiprocess = true
+                ))
+        JoinMany =
+            Some(fun o ->
+                Stage.joinMany (
+                    joinMany,
+                    workers = o.Workers,
+                    capacity = o.Capacity,
+                    ordered = o.Ordered,
+                    ?name = o.Name,
+                    multiprocess = true
+                ))
         Batch = None
         StackTrace = fun e -> string e.Data["Pyper.RemoteStackTrace"]
         Processes = true

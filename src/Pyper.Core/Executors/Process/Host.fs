@@ -1,6 +1,7 @@
 namespace Pyper
 
 open System
+open System.Buffers
 open System.Diagnostics
 open System.IO
 open System.Net.Sockets
@@ -45,19 +46,20 @@ type internal BatchRunner<'a, 'b>(f: Func<'a, 'b>) =
             Array.blit json 0 reply 8 json.Length
             reply
 
-/// A function of a bound argument and an item, closed over the argument once per worker process.
+/// A function of a bound argument and an item, closed over the argument once per worker process
+/// (a map stage's runner).
 [<AbstractClass; Sealed>]
 type internal Bound<'c, 'a, 'b> =
     /// An F# function `'c -> 'a -> 'b` (its one-argument Invoke): applied to the argument once.
-    static member OfFSharp(f: obj, arg: obj) : IBatchRunner =
+    static member OfFSharp(f: obj, arg: obj) : IStageRunner =
         let g = (f :?> Func<'c, FSharpFunc<'a, 'b>>).Invoke(unbox<'c> arg)
-        BatchRunner<'a, 'b>(Func<'a, 'b>(fun x -> g x))
+        Runners.make<'a, 'b> Shape.Map (Func<'a, 'b>(fun x -> g x))
 
     /// A delegate `Func<'c, 'a, 'b>`: called with the argument and each item.
-    static member OfDelegate(f: obj, arg: obj) : IBatchRunner =
+    static member OfDelegate(f: obj, arg: obj) : IStageRunner =
         let d = f :?> Func<'c, 'a, 'b>
         let arg = unbox<'c> arg
-        BatchRunner<'a, 'b>(Func<'a, 'b>(fun x -> d.Invoke(arg, x)))
+        Runners.make<'a, 'b> Shape.Map (Func<'a, 'b>(fun x -> d.Invoke(arg, x)))
 
 /// The worker process's side: `Pyper.Worker` calls `run` with its command line.
 module internal ProcessHost =
@@ -104,13 +106,52 @@ module internal ProcessHost =
         let f = m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(a, b), target)
         Activator.CreateInstance(typedefof<BatchRunner<_, _>>.MakeGenericType(a, b), f) :?> IBatchRunner
 
-    /// The runner of a function with a bound argument (`Wire.InitBound`'s payload): an F# function
-    /// value `'c -> 'a -> 'b` (a closure's one-argument Invoke) or a two-parameter method.
-    let internal boundRunner (payload: byte[]) : IBatchRunner =
-        let n =
-            Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(ReadOnlySpan(payload, 0, 4))
+    /// The process executor's runner of a stage (`Shape` and function, as the parent sent them).
+    let internal stageRunner (shape: Shape) (r: FunctionRef) : IStageRunner =
+        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
+        resolveIn (Path.GetDirectoryName r.Assembly)
+        let t, m = r.Resolve assembly
 
-        let r = FunctionRef.Decode(payload[4 .. 3 + n])
+        let target =
+            if r.Instance then
+                Activator.CreateInstance(t, true)
+            else
+                null
+
+        let seqOf (e: Type) =
+            typedefof<Collections.Generic.IEnumerable<int>>.MakeGenericType e
+
+        let a, b = Runners.itemTypes shape m
+
+        let fp, fr =
+            match shape with
+            | Shape.Map -> a, b
+            | Shape.Branch -> a, seqOf b
+            | Shape.Join -> seqOf a, b
+            | _ -> seqOf a, seqOf b
+
+        let f = m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(fp, fr), target)
+
+        try
+            Runtime.CompilerServices.RuntimeHelpers.PrepareMethod m.MethodHandle
+        with _ ->
+            () // generic or dynamic methods compile on first call instead
+
+        let make =
+            typeof<IStageRunner>
+                .Assembly.GetType("Pyper.Runners", true)
+                .GetMethod("make", BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic)
+                .MakeGenericMethod(a, b)
+
+        make.Invoke(null, [| box shape; box f |]) :?> IStageRunner
+
+    /// The runner of a map stage's function with a bound argument (`Wire.InitBound`'s payload: the
+    /// shape, the function's encoding's length (4 bytes), the encoding, the argument as JSON): an F#
+    /// function value `'c -> 'a -> 'b` (a closure's one-argument Invoke) or a two-parameter method.
+    let internal boundRunner (payload: ReadOnlySpan<byte>) : IStageRunner =
+        let n = Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(payload.Slice(1, 4))
+        let r = FunctionRef.Decode(payload.Slice(5, n).ToArray())
+        let json = payload.Slice(5 + n).ToArray()
         let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
         resolveIn (Path.GetDirectoryName r.Assembly)
         let t, m = r.Resolve assembly
@@ -124,14 +165,13 @@ module internal ProcessHost =
         let ps = m.GetParameters()
 
         let make (c: Type) (a: Type) (b: Type) (how: string) (f: obj) =
-            let arg =
-                JsonSerializer.Deserialize(ReadOnlySpan(payload, 4 + n, payload.Length - 4 - n), c, Wire.options)
+            let arg = JsonSerializer.Deserialize(ReadOnlySpan json, c, Wire.options)
 
             typedefof<Bound<_, _, _>>
                 .MakeGenericType(c, a, b)
                 .GetMethod(how, BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic)
                 .Invoke(null, [| f; arg |])
-            :?> IBatchRunner
+            :?> IStageRunner
 
         if ps.Length = 1 then
             let c, inner = ps[0].ParameterType, m.ReturnType.GetGenericArguments()
@@ -145,6 +185,17 @@ module internal ProcessHost =
             let f = m.CreateDelegate(typedefof<Func<_, _, _>>.MakeGenericType(c, a, b), target)
             make c a b "OfDelegate" f
 
+    /// Answers a failure (unless the parent has gone: then false).
+    let private answerFailure (link: WorkerLink) (e: exn) =
+        match e with
+        | :? ParentGoneException -> false
+        | e ->
+            try
+                link.SendFailure e
+                true
+            with :? ParentGoneException ->
+                false
+
     /// The worker's main loop: connect, learn the function, then answer batches until the parent closes.
     let run (args: string[]) : int =
         let arg name =
@@ -156,37 +207,40 @@ module internal ProcessHost =
         resolveIn AppContext.BaseDirectory
 
         use stream = new NetworkStream(WorkerChannel.connect (arg "--socket"), true)
-        let mutable run = Unchecked.defaultof<IBatchRunner>
+        let link = WorkerLink(stream)
+        let mutable run = Unchecked.defaultof<IStageRunner>
         let mutable go = true
 
         while go do
             let frame =
                 try
-                    Wire.readSync stream
+                    link.Reader.Read()
                 with :? IOException ->
-                    None // the parent reset the connection: as good as closed
+                    false // the parent reset the connection: as good as closed
 
-            match frame with
-            | None -> go <- false
-            | Some(kind, payload) when kind = Wire.Init -> run <- runner (FunctionRef.Decode payload)
-            | Some(kind, payload) when kind = Wire.InitBound -> run <- boundRunner payload
-            | Some(_, payload) ->
-                let reply =
+            if not frame then
+                go <- false
+            elif link.Reader.Kind = Wire.Init then
+                let payload = link.Reader.Payload
+
+                run <-
+                    stageRunner
+                        (LanguagePrimitives.EnumOfValue<byte, Shape> payload[0])
+                        (FunctionRef.Decode(payload.Slice(1).ToArray()))
+
+                if run.Shape = Shape.Join || run.Shape = Shape.JoinMany then
+                    // The parent may stop the run (and close the connection) meanwhile.
                     try
-                        Ok(run.Run payload)
-                    with e ->
-                        Error e
-
-                // The parent may stop the run (and close the connection) while this batch ran.
+                        run.Join link
+                    with :? ParentGoneException ->
+                        go <- false
+            elif link.Reader.Kind = Wire.InitBound then
+                run <- boundRunner link.Reader.Payload
+            elif link.Reader.Kind = Wire.Batch then
+                // The parent may stop the run (and close the connection) while this batch runs.
                 try
-                    match reply with
-                    | Ok results -> Wire.writeSync stream Wire.Results results
-                    | Error e ->
-                        // The brief frame at once (the parent stops the run on it), then the
-                        // full one, whose first encoding costs a cold process 50-150 ms.
-                        Wire.writeSync stream Wire.BriefFailure (RemoteFailures.brief e)
-                        Wire.writeSync stream Wire.Failure (RemoteFailures.encode e)
-                with :? IOException ->
-                    go <- false
+                    run.Batch(link.Reader.Payload, link)
+                with e ->
+                    go <- answerFailure link e
 
         0

@@ -17,18 +17,20 @@ module internal ProcessWorkers =
     [<Literal>]
     let private FullFailureMilliseconds = 2000
 
-    /// The frame that sends a worker process its function: `Wire.Init` with the function's
-    /// encoding, or `Wire.InitBound` with the bound argument's JSON after it.
-    let setup (fref: FunctionRef) (bound: byte[]) : struct (byte * byte[]) =
+    /// The frame that sends a worker process its function: `Wire.Init` with the stage's shape and
+    /// the function's encoding, or `Wire.InitBound` with the shape, the encoding's length (4 bytes),
+    /// the encoding and the bound argument's JSON (map stages).
+    let setup (shape: Shape) (fref: FunctionRef) (bound: byte[]) : struct (byte * byte[]) =
         let f = fref.Encode()
 
         if isNull bound then
-            struct (Wire.Init, f)
+            struct (Wire.Init, Array.append [| byte shape |] f)
         else
-            let payload = Array.zeroCreate<byte>(4 + f.Length + bound.Length)
-            Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(Span(payload, 0, 4), f.Length)
-            Array.blit f 0 payload 4 f.Length
-            Array.blit bound 0 payload (4 + f.Length) bound.Length
+            let payload = Array.zeroCreate<byte>(5 + f.Length + bound.Length)
+            payload[0] <- byte shape
+            Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(Span(payload, 1, 4), f.Length)
+            Array.blit f 0 payload 5 f.Length
+            Array.blit bound 0 payload (5 + f.Length) bound.Length
             struct (Wire.InitBound, payload)
 
     /// A worker process with the stage's function (`setup`) sent to it. A parked worker may have
@@ -67,9 +69,185 @@ module internal ProcessWorkers =
                 return null
         }
 
+    /// A worker process's connection as the parent's stage worker sees it: frames out (awaited
+    /// writes of sealed frame buffers), frames in (one reusable reader), a crash as its exception.
+    [<Sealed>]
+    type private Link
+        (
+            stream: Stream,
+            token: CancellationToken,
+            crashed: unit -> Task<exn>,
+            stage: string,
+            ctx: RunContext,
+            results: Type
+        ) =
+        member val Reader = FrameReader(stream)
+
+        /// The failure of the frame just read (`Wire.Failure`, or `Wire.BriefFailure`). A brief
+        /// frame stops the run at once (nothing more is yielded from here on); the full frame then
+        /// gives the exception its details: the rebuilt exception takes the brief one's place as
+        /// the run's failure. If the full frame does not come in time (the worker hangs or dies
+        /// while encoding it), the brief one stands.
+        member this.Failed() : Task<exn> =
+            task {
+                if this.Reader.Kind <> Wire.BriefFailure then
+                    return RemoteExceptions.decode stage results this.Reader.Payload
+                else
+                    let first =
+                        RemoteExceptions.decodeBrief stage results (this.Reader.Payload.ToArray())
+
+                    ctx.Fail(stage, first)
+                    // The run's token is cancelled now: the full frame has a bound of its own.
+                    use wait = new CancellationTokenSource(FullFailureMilliseconds)
+
+                    let! full =
+                        task {
+                            try
+                                return! this.Reader.ReadAsync wait.Token
+                            with
+                            | :? IOException
+                            | :? OperationCanceledException -> return false
+                        }
+
+                    if full && this.Reader.Kind = Wire.Failure then
+                        let e = RemoteExceptions.decode stage results this.Reader.Payload
+                        ctx.Refine(first, e)
+                        return e
+                    else
+                        return first
+            }
+
+        /// Writes a frame; a dead worker shows as a reset connection.
+        member _.Send(frame: ReadOnlyMemory<byte>) : Task =
+            task {
+                try
+                    do! stream.WriteAsync(frame, token)
+                with :? IOException ->
+                    let! e = crashed ()
+                    raise e
+            }
+
+        /// Reads the next frame; a dead worker shows as the end of the stream or a reset connection.
+        member this.Next() : Task =
+            task {
+                let! ok =
+                    task {
+                        try
+                            return! this.Reader.ReadAsync token
+                        with :? IOException ->
+                            return false
+                    }
+
+                if not ok then
+                    let! e = crashed ()
+                    raise e
+            }
+
+    /// Observes a task we may stop waiting for, so that its failure is never unobserved.
+    let private observe (t: Task) =
+        t.ContinueWith(
+            (fun (t: Task) -> t.Exception |> ignore),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default
+        )
+        |> ignore
+
+    let private cannotSend<'a> (stage: string) (e: exn) =
+        NotSupportedException(
+            $"Stage '{stage}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
+            e
+        )
+
+    /// Reads a reply frame's results into `into` (Results: after the 8-byte cost); answers how many.
+    let private results<'b> (stage: string) (codec: Codec<'b>) (reader: FrameReader) (into: 'b[]) =
+        try
+            codec.Read(reader.PayloadFrom(if reader.Kind = Wire.Results then 8 else 0), into, 0)
+        with e ->
+            raise (
+                NotSupportedException(
+                    $"Stage '{stage}': a result of type {typeof<'b>} cannot be read back from a worker process: {e.Message}",
+                    e
+                )
+            )
+
+    /// Runs one batch through the worker process (map and branch stages): the batch goes in frames
+    /// (a quarter of the batch each, at most about Wire.BatchBytes), the next one written while the
+    /// previous one's replies are read, so that the worker process is not idle while the parent
+    /// reads results; each reply's results go to `deliver`. Answers the function's time in the worker
+    /// (Stopwatch ticks).
+    let private exchange
+        (stage: string)
+        (link: Link)
+        (frames: FrameBuffer[])
+        (scratch: 'b[])
+        (input: 'a[])
+        (n: int)
+        (deliver: 'b[] -> int -> Task)
+        : Task<int64> =
+        task {
+            let codecA = Codecs.get<'a>()
+            let codecB = Codecs.get<'b>()
+            let per = max 1 ((n + 3) / 4)
+            let mutable built = 0
+            let mutable j = 0
+            let mutable replied = 0
+            let mutable cost = 0L
+
+            let build () =
+                let fb = frames[j % 2]
+                fb.Begin()
+
+                let k =
+                    try
+                        codecA.Write(input, built, min per (n - built), Wire.BatchBytes, fb.Writer)
+                    with e ->
+                        raise (cannotSend<'a> stage e)
+
+                built <- built + k
+                j <- j + 1
+                fb.Seal Wire.Batch
+
+            let mutable writing = link.Send(build ())
+
+            try
+                while replied < j do
+                    if built < n then
+                        // Frame j's buffer last held frame j - 2, whose write is done.
+                        let frame = build ()
+                        do! writing
+                        writing <- link.Send frame
+
+                    let mutable last = false
+
+                    while not last do
+                        do! link.Next()
+                        let reader = link.Reader
+
+                        if reader.Kind = Wire.Results then
+                            cost <- cost + Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(reader.Payload)
+
+                            last <- true
+                        elif reader.Kind <> Wire.Chunk then
+                            let! e = link.Failed()
+                            raise e
+
+                        let k = results stage codecB reader scratch
+                        do! deliver scratch k
+
+                    replied <- replied + 1
+
+                do! writing
+            with e ->
+                observe writing
+                ExceptionDispatchInfo.Throw e
+
+            return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
+        }
+
     /// A process stage's worker: takes a worker process (parked or new), sends it the function,
-    /// then each batch; parks it again if the stage finished cleanly.
-    let processMap (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) : Task =
+    /// runs `body` over the connection; parks the worker process again if the stage finished cleanly.
+    let private serve (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) (body: Stream -> Link -> Task) : Task =
         task {
             let token = env.Ctx.Token
 
@@ -93,116 +271,25 @@ module internal ProcessWorkers =
                     return crashWith code :> exn
                 }
 
-            // A worker that dies while idle fails the run at once, not at its next batch.
-            worker.OnExit <- Action(fun () -> env.Ctx.Fail(env.Name, crashWith (Nullable proc.ExitCode)))
+            // A worker that dies while idle fails the run at once, not at its next batch. Once the
+            // run is stopping, an exit is no news (a join's worker process ends when the stopped
+            // sender closes its connection; that exit is not the run's failure).
+            worker.OnExit <-
+                Action(fun () ->
+                    if not token.IsCancellationRequested then
+                        env.Ctx.Fail(env.Name, crashWith (Nullable proc.ExitCode)))
 
             if proc.HasExited then
                 worker.Exited()
 
             let mutable clean = false
             let mutable failure: exn = null
-            // One buffer per worker for batches' JSON; dropped when a huge item has grown it.
-            let buffer = ref (Buffers.ArrayBufferWriter<byte>())
 
             try
-                WireWarmUp.arrays<'a, 'b>() // this side too, before the first batch
+                Codecs.get<'a>() |> ignore // this side's codecs too, before the first batch
+                Codecs.get<'b>() |> ignore
                 RemoteExceptions.warmUp ()
-
-                // A failure's brief frame stops the run at once (nothing more is yielded from here
-                // on); its full frame then gives the exception its details: the rebuilt exception
-                // takes the brief one's place as the run's failure. If the full frame does not
-                // come in time (the worker hangs or dies while encoding), the brief one stands.
-                let failed (brief: byte[]) : Task<exn> =
-                    task {
-                        let first = RemoteExceptions.decodeBrief env.Name typeof<'b> brief
-                        env.Ctx.Fail(env.Name, first)
-                        // The run's token is cancelled now: the full frame has a bound of its own.
-                        use wait = new CancellationTokenSource(FullFailureMilliseconds)
-
-                        let! full =
-                            task {
-                                try
-                                    return! Wire.read stream wait.Token
-                                with
-                                | :? IOException
-                                | :? OperationCanceledException -> return None
-                            }
-
-                        match full with
-                        | Some(kind, payload) when kind = Wire.Failure ->
-                            let e = RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan payload)
-                            env.Ctx.Refine(first, e)
-                            return e
-                        | _ -> return first
-                    }
-
-                // A batch goes in frames of at most about Wire.BatchBytes of JSON (a bigger item alone).
-                let remote (input: 'a[]) n (output: 'b[]) : Task<int64> =
-                    task {
-                        let mutable sent = 0
-                        let mutable cost = 0L
-
-                        while sent < n do
-                            let k =
-                                try
-                                    Wire.serializeBatch input sent (n - sent) buffer.Value
-                                with e ->
-                                    raise (
-                                        NotSupportedException(
-                                            $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
-                                            e
-                                        )
-                                    )
-
-                            // A dead worker shows as the end of the stream or as a reset connection.
-                            let! reply =
-                                task {
-                                    try
-                                        do! Wire.writeMemory stream Wire.Batch buffer.Value.WrittenMemory token
-                                        return! Wire.read stream token
-                                    with :? IOException ->
-                                        let! e = crashed ()
-                                        return raise e
-                                }
-
-                            match reply with
-                            | Some(kind, reply) when kind = Wire.Results ->
-                                // The reply: the function's time in the worker (8 bytes), then the results.
-                                cost <-
-                                    cost
-                                    + Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(ReadOnlySpan(reply, 0, 8))
-
-                                let results =
-                                    try
-                                        JsonSerializer.Deserialize<'b[]>(
-                                            ReadOnlySpan(reply, 8, reply.Length - 8),
-                                            Wire.options
-                                        )
-                                    with e ->
-                                        raise (
-                                            NotSupportedException(
-                                                $"Stage '{env.Name}': a result of type {typeof<'b>} cannot be read back from a worker process: {e.Message}",
-                                                e
-                                            )
-                                        )
-
-                                Array.blit results 0 output sent k
-                                sent <- sent + k
-                            | Some(kind, reply) when kind = Wire.BriefFailure ->
-                                let! e = failed reply
-                                raise e
-                            | Some(_, reply) -> raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan reply))
-                            | None ->
-                                let! e = crashed ()
-                                raise e
-
-                        if buffer.Value.Capacity > 2 * Wire.BatchBytes then
-                            buffer.Value <- Buffers.ArrayBufferWriter<byte>()
-
-                        return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
-                    }
-
-                do! mapBatches remote env
+                do! body stream (Link(stream, token, crashed, env.Name, env.Ctx, typeof<'b>))
                 clean <- isNull (box crash.Value)
             with e ->
                 failure <- e
@@ -229,6 +316,152 @@ module internal ProcessWorkers =
                 ExceptionDispatchInfo.Throw e
         }
 
+    /// A map stage's worker: each batch through the worker process, results in input order.
+    let processMap (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) : Task =
+        serve setup env (fun _ link ->
+            let frames = [| FrameBuffer(); FrameBuffer() |]
+            let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
+            let at = ref 0
+
+            Loops.mapBatches
+                (fun input n output ->
+                    at.Value <- 0
+
+                    exchange env.Name link frames scratch input n (fun items k ->
+                        Array.Copy(items, 0, output, at.Value, k)
+                        Buffers.clear items k
+                        at.Value <- at.Value + k
+                        Task.CompletedTask))
+                env)
+
+    /// A branch stage's worker: each batch through the worker process, its results handed on as
+    /// their chunks come (ordered stages in their turn).
+    let processBranch (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) : Task =
+        serve setup env (fun _ link ->
+            let frames = [| FrameBuffer(); FrameBuffer() |]
+            let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
+            let bufs = WorkerBuffers<'a, 'b>(false)
+            let em = Emitter<'b>(env.Output, env.Turnstile, Probe = env.Probe)
+
+            let deliver (items: 'b[]) k : Task =
+                task {
+                    for i in 0 .. k - 1 do
+                        if em.Add(items[i], false) then
+                            do! em.EmitAsync()
+
+                    Buffers.clear items k
+
+                    // A chunk's results go on at once when they may (a slow sequence's items are not held back).
+                    if em.CanFlushNow then
+                        do! em.EmitAsync()
+                }
+
+            Loops.eachBatchAsync env (AsyncWaiter()) bufs (fun n ticket ->
+                task {
+                    em.Begin ticket
+                    let! cost = exchange env.Name link frames scratch bufs.In n deliver
+                    env.Sizer.RecordCost(n, cost)
+                    Buffers.clear bufs.In n
+                    do! em.EmitAsync()
+                    em.End()
+                    env.Input.Release n
+                }))
+
+    /// A join stage's worker: its share of the input streams to the worker process (Batch frames,
+    /// then End) while the results come back; the function's early return stops the sending.
+    let processJoin (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) : Task =
+        serve setup env (fun stream link ->
+            task {
+                let em = Emitter<'b>(env.Output, null, Probe = env.Probe)
+                let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
+                let codecA = Codecs.get<'a>()
+                let codecB = Codecs.get<'b>()
+                let finished = ref false
+                let sendFailure = ref null
+                env.Probe.SetBusy(env.Worker, true)
+
+                let sender =
+                    task {
+                        try
+                            let buf = Array.zeroCreate<'a> Tuning.MaxBatch
+                            let fb = FrameBuffer()
+                            let waiter = AsyncWaiter()
+                            let mutable go = true
+
+                            while go && not finished.Value do
+                                let! struct (n, _) = Wait.takeWith waiter env.Input buf Tuning.MaxBatch true
+
+                                if n = 0 then
+                                    go <- false
+                                else
+                                    let mutable sent = 0
+
+                                    while sent < n do
+                                        fb.Begin()
+
+                                        let k =
+                                            try
+                                                codecA.Write(buf, sent, n - sent, Wire.BatchBytes, fb.Writer)
+                                            with e ->
+                                                raise (cannotSend<'a> env.Name e)
+
+                                        sent <- sent + k
+                                        do! link.Send(fb.Seal Wire.Batch)
+
+                                    Buffers.clear buf n
+
+                            fb.Begin()
+                            do! link.Send(fb.Seal Wire.End)
+                        with e ->
+                            // The receiver is waiting for a reply that will not come: stop it.
+                            sendFailure.Value <- e
+                            stream.Dispose()
+                    }
+
+                try
+                    let mutable last = false
+
+                    while not last do
+                        try
+                            do! link.Next()
+                        with e ->
+                            match sendFailure.Value with
+                            | null -> raise e
+                            | f -> ExceptionDispatchInfo.Throw f
+
+                        let reader = link.Reader
+
+                        if reader.Kind = Wire.Results then
+                            finished.Value <- true
+                            last <- true
+                        elif reader.Kind <> Wire.Chunk then
+                            let! e = link.Failed()
+                            raise e
+
+                        let k = results env.Name codecB reader scratch
+
+                        for i in 0 .. k - 1 do
+                            if em.Add(scratch[i], false) then
+                                do! em.EmitAsync()
+
+                        Buffers.clear scratch k
+
+                        if em.CanFlushNow then
+                            do! em.EmitAsync()
+
+                    do! em.EmitAsync()
+                    do! sender
+
+                    match sendFailure.Value with
+                    | null -> ()
+                    | f -> ExceptionDispatchInfo.Throw f
+                with e ->
+                    observe sender
+                    ExceptionDispatchInfo.Throw e
+
+                env.Probe.SetBusy(env.Worker, false)
+            })
+
     /// A process stage's worker under a timeout or failure policy (`Policies.mapEach`): items go
     /// one at a time, and whatever fails a call is the item's failure, for the policy: the
     /// function threw, the item or result could not cross, the worker process crashed on it or ran
@@ -237,8 +470,13 @@ module internal ProcessWorkers =
     let processMapPolicy (p: StagePolicy<'a>) (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) : Task =
         let token = env.Ctx.Token
         let one = Array.zeroCreate<'a> 1
-        let buffer = ref (Buffers.ArrayBufferWriter<byte>())
+        let codecA = Codecs.get<'a>()
+        let codecB = Codecs.get<'b>()
+        let frame = FrameBuffer()
+        let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
         let mutable worker: WorkerProcess = null
+        // The current worker process's frames in.
+        let mutable frames = Unchecked.defaultof<FrameReader>
 
         // Lets the current worker process go: with `wait` it has 2 s to exit, else it is killed.
         let drop (wait: bool) : Task =
@@ -262,6 +500,7 @@ module internal ProcessWorkers =
                     w.OnExit <- null
                     Live.processStarted ()
                     worker <- w
+                    frames <- FrameReader(w.Stream)
             }
 
         let crashed (w: WorkerProcess) : Task<exn> =
@@ -275,35 +514,41 @@ module internal ProcessWorkers =
         let call (x: 'a) (position: int64) : Task<'b> =
             task {
                 let w = worker
+                let reader = frames
                 one[0] <- x
+                frame.Begin()
 
                 try
-                    Wire.serializeBatch one 0 1 buffer.Value |> ignore
-                with e ->
+                    try
+                        codecA.Write(one, 0, 1, Wire.BatchBytes, frame.Writer) |> ignore
+                    with e ->
+                        raise (cannotSend<'a> env.Name e)
+                finally
                     one[0] <- Unchecked.defaultof<'a>
 
-                    raise (
-                        NotSupportedException(
-                            $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
-                            e
-                        )
-                    )
-
-                one[0] <- Unchecked.defaultof<'a>
                 use cts = CancellationTokenSource.CreateLinkedTokenSource token
                 p.Timeout |> Option.iter cts.CancelAfter
-                let mutable reply = None
+                let mutable ok = true
                 let mutable failure: exn = null
+                let mutable got = 0
 
+                // The item's results: Chunk frames if any, then Results.
                 try
-                    do! Wire.writeMemory w.Stream Wire.Batch buffer.Value.WrittenMemory cts.Token
-                    let! r = Wire.read w.Stream cts.Token
-                    reply <- r
+                    do! w.Stream.WriteAsync(frame.Seal Wire.Batch, cts.Token)
+                    let mutable last = false
+
+                    while ok && not last do
+                        let! r = reader.ReadAsync cts.Token
+                        ok <- r
+
+                        if ok then
+                            if reader.Kind = Wire.Results || reader.Kind = Wire.Chunk then
+                                last <- reader.Kind = Wire.Results
+                                got <- got + results env.Name codecB reader scratch
+                            else
+                                last <- true
                 with e ->
                     failure <- e
-
-                if buffer.Value.Capacity > 2 * Wire.BatchBytes then
-                    buffer.Value <- Buffers.ArrayBufferWriter<byte>()
 
                 if not (isNull failure) then
                     if token.IsCancellationRequested then
@@ -319,55 +564,45 @@ module internal ProcessWorkers =
                     else
                         ExceptionDispatchInfo.Throw failure
 
-                match reply with
-                | Some(kind, payload) when kind = Wire.Results ->
-                    let results =
-                        try
-                            JsonSerializer.Deserialize<'b[]>(ReadOnlySpan(payload, 8, payload.Length - 8), Wire.options)
-                        with e ->
-                            raise (
-                                NotSupportedException(
-                                    $"Stage '{env.Name}': a result of type {typeof<'b>} cannot be read back from a worker process: {e.Message}",
-                                    e
-                                )
-                            )
-
-                    return results[0]
-                | Some(kind, brief) when kind = Wire.BriefFailure ->
+                if not ok then
+                    let! e = crashed w
+                    return raise e
+                elif reader.Kind = Wire.Results then
+                    let y = scratch[0]
+                    Buffers.clear scratch got
+                    return y
+                elif reader.Kind = Wire.BriefFailure then
                     // The item's failure: its full frame follows (bounded: a worker that hangs or
                     // dies while encoding it leaves the brief one, and is replaced).
+                    let brief = reader.Payload.ToArray()
                     use wait = CancellationTokenSource.CreateLinkedTokenSource token
                     wait.CancelAfter FullFailureMilliseconds
 
                     let! full =
                         task {
                             try
-                                return! Wire.read w.Stream wait.Token
+                                return! reader.ReadAsync wait.Token
                             with
                             | :? IOException
-                            | :? OperationCanceledException -> return None
+                            | :? OperationCanceledException -> return false
                         }
 
-                    match full with
-                    | Some(kind, payload) when kind = Wire.Failure ->
-                        return raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan payload))
-                    | _ ->
+                    if full && reader.Kind = Wire.Failure then
+                        return raise (RemoteExceptions.decode env.Name typeof<'b> reader.Payload)
+                    else
                         if token.IsCancellationRequested then
                             raise (OperationCanceledException token)
 
                         do! drop false
                         return raise (RemoteExceptions.decodeBrief env.Name typeof<'b> brief)
-                | Some(_, payload) -> return raise (RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan payload))
-                | None ->
-                    let! e = crashed w
-                    return raise e
+                else
+                    return raise (RemoteExceptions.decode env.Name typeof<'b> reader.Payload)
             }
 
         task {
             let mutable failure: exn = null
 
             try
-                WireWarmUp.arrays<'a, 'b>()
                 RemoteExceptions.warmUp ()
                 do! Policies.mapEach p true ready call env
             with e ->
@@ -396,13 +631,20 @@ module internal ProcessWorkers =
 /// a worker process of its own (`ProcessWorkers.processMap`, or `processMapPolicy` under a timeout
 /// or failure policy) and waits for their results. `bound` is the bound argument's JSON, or null.
 [<Sealed>]
-type internal ProcessExecutor<'a, 'b>(fref: FunctionRef, policy: StagePolicy<'a> option, bound: byte[]) =
+type internal ProcessExecutor<'a, 'b>(shape: Shape, fref: FunctionRef, policy: StagePolicy<'a> option, bound: byte[]) =
     inherit StageExecutor<'a, 'b>()
-    let setup = ProcessWorkers.setup fref bound
+    let setup = ProcessWorkers.setup shape fref bound
     override _.Kind = Executor.Process
     override _.Quantum = Sizer.RemoteQuantum
 
     override _.Start(env, ended) =
         match policy with
-        | None -> env.Ctx.StartTask((fun () -> ProcessWorkers.processMap setup env), ended)
         | Some p -> env.Ctx.StartTask((fun () -> ProcessWorkers.processMapPolicy p setup env), ended)
+        | None ->
+            let worker =
+                match shape with
+                | Shape.Map -> ProcessWorkers.processMap
+                | Shape.Branch -> ProcessWorkers.processBranch
+                | _ -> ProcessWorkers.processJoin
+
+            env.Ctx.StartTask((fun () -> worker setup env), ended)

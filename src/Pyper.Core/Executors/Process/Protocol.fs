@@ -8,7 +8,8 @@ open System.Threading
 open System.Threading.Tasks
 
 /// Frames between the parent and a worker process: a 4-byte length, a kind byte, a payload.
-/// Items travel as JSON arrays of the function's own parameter and result types.
+/// Items travel as the function's own parameter and result types, encoded by `Codecs` (raw bytes for
+/// byte arrays, strings and primitive numbers; JSON arrays for the rest).
 module internal Wire =
     [<Literal>]
     let Init = 1uy
@@ -22,15 +23,23 @@ module internal Wire =
     [<Literal>]
     let Failure = 4uy
 
+    /// Some of a branch's or join's results, before the batch's (or the join's) final Results.
+    [<Literal>]
+    let Chunk = 5uy
+
+    /// The end of a join stage's input (the parent's last frame of a join).
+    [<Literal>]
+    let End = 6uy
+
     /// Like `Init`, with a bound argument: the function's encoding's length (4 bytes), the
     /// encoding, then the argument as JSON.
     [<Literal>]
-    let InitBound = 5uy
+    let InitBound = 7uy
 
     /// A failure's first word, sent before its `Failure` frame: the exception's type and message
     /// only, so that the parent stops the run before the worker has encoded the rest.
     [<Literal>]
-    let BriefFailure = 6uy
+    let BriefFailure = 8uy
 
     /// FSharp.SystemTextJson for F# types only: asking it about every other type (int, arrays)
     /// would load F# reflection into each fresh worker process for nothing.
