@@ -324,6 +324,11 @@ module internal Build =
             ordered
             name
 
+    /// A branch or join stage (or a map without options) whose workers are processes on this
+    /// machine: no policy, no bound argument.
+    let processPlain<'a, 'b> shape f locate workers capacity ordered name =
+        processStageOf<'a, 'b> shape f locate workers capacity ordered name None None None None null
+
     /// A map stage whose workers are processes on this machine (see `processStageOf`).
     let processStage<'a, 'b> f locate workers capacity ordered name timeout onError counts rateLimit (bound: byte[]) =
         processStageOf<'a, 'b> Shape.Map f locate workers capacity ordered name timeout onError counts rateLimit bound

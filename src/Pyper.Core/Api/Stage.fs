@@ -231,7 +231,7 @@ type Stage =
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
         if defaultArg multiprocess false then
-            Build.processStageOf<'a, 'b>
+            Build.processPlain<'a, 'b>
                 Shape.Branch
                 (box f)
                 (fun () -> FunctionRefs.ofFunction (box f))
@@ -239,17 +239,12 @@ type Stage =
                 capacity
                 ordered
                 name
-                None
-                None
-                None
-                None
-                null
         else
             Build.thread StageKind.Branch false f workers capacity ordered name (Loops.branchThread f)
 
     static member branchFunc(f: Func<'a, IEnumerable<'b>>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
         if defaultArg multiprocess false then
-            Build.processStageOf<'a, 'b>
+            Build.processPlain<'a, 'b>
                 Shape.Branch
                 (box f)
                 (fun () -> Build.delegateRefOf<'a, 'b> Shape.Branch f)
@@ -257,11 +252,6 @@ type Stage =
                 capacity
                 ordered
                 name
-                None
-                None
-                None
-                None
-                null
         else
             Stage.branch (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),
@@ -276,7 +266,7 @@ type Stage =
 
     static member join(f: seq<'a> -> 'b, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
         if defaultArg multiprocess false then
-            Build.processStageOf<'a, 'b>
+            Build.processPlain<'a, 'b>
                 Shape.Join
                 (box f)
                 (fun () -> FunctionRefs.ofFunction (box f))
@@ -284,17 +274,12 @@ type Stage =
                 capacity
                 ordered
                 name
-                None
-                None
-                None
-                None
-                null
         else
             Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread (f >> Build.one))
 
     static member joinFunc(f: Func<IEnumerable<'a>, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
         if defaultArg multiprocess false then
-            Build.processStageOf<'a, 'b>
+            Build.processPlain<'a, 'b>
                 Shape.Join
                 (box f)
                 (fun () -> Build.delegateRefOf<'a, 'b> Shape.Join f)
@@ -302,11 +287,6 @@ type Stage =
                 capacity
                 ordered
                 name
-                None
-                None
-                None
-                None
-                null
         else
             Stage.join (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),
@@ -318,7 +298,7 @@ type Stage =
 
     static member joinMany(f: seq<'a> -> seq<'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
         if defaultArg multiprocess false then
-            Build.processStageOf<'a, 'b>
+            Build.processPlain<'a, 'b>
                 Shape.JoinMany
                 (box f)
                 (fun () -> FunctionRefs.ofFunction (box f))
@@ -326,11 +306,6 @@ type Stage =
                 capacity
                 ordered
                 name
-                None
-                None
-                None
-                None
-                null
         else
             Build.thread StageKind.Join true f workers capacity ordered name (Loops.joinThread f)
 
@@ -338,7 +313,7 @@ type Stage =
         (f: Func<IEnumerable<'a>, IEnumerable<'b>>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess)
         =
         if defaultArg multiprocess false then
-            Build.processStageOf<'a, 'b>
+            Build.processPlain<'a, 'b>
                 Shape.JoinMany
                 (box f)
                 (fun () -> Build.delegateRefOf<'a, 'b> Shape.JoinMany f)
@@ -346,11 +321,6 @@ type Stage =
                 capacity
                 ordered
                 name
-                None
-                None
-                None
-                None
-                null
         else
             Stage.joinMany (
                 (if isNull f then Unchecked.defaultof<_> else f.Invoke),
