@@ -122,7 +122,7 @@ module internal Build =
         let info = info StageKind.Map Executor.Thread false workers capacity ordered name
 
         let policy =
-            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+            PolicyRules.check (describe name StageKind.Map) timeout onError counts rateLimit
 
         let loop (env: WorkerEnv<'a, 'b>) =
             let s = init ()
@@ -154,7 +154,7 @@ module internal Build =
         let info = info StageKind.Map Executor.Async false workers capacity ordered name
 
         let policy =
-            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+            PolicyRules.check (describe name StageKind.Map) timeout onError counts rateLimit
 
         let loop (env: WorkerEnv<'a, 'b>) : Task =
             task {
@@ -175,7 +175,7 @@ module internal Build =
         let info = info StageKind.Map Executor.Thread false workers capacity ordered name
 
         let policy =
-            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+            PolicyRules.check (describe name StageKind.Map) timeout onError counts rateLimit
 
         Interpreter.stage info (ThreadExecutor(threadLoop policy f))
 
@@ -197,7 +197,7 @@ module internal Build =
         let info = info StageKind.Map Executor.Async false workers capacity ordered name
 
         let policy =
-            Policies.check (describe name StageKind.Map) timeout onError counts rateLimit
+            PolicyRules.check (describe name StageKind.Map) timeout onError counts rateLimit
 
         Interpreter.stage info (AsyncExecutor(poolLoop policy g))
 
@@ -311,7 +311,7 @@ module internal Build =
             | _ -> StageKind.Join
 
         let policy =
-            Policies.check (describe name stageKind) timeout onError counts rateLimit
+            PolicyRules.check (describe name stageKind) timeout onError counts rateLimit
 
         remoteStageOf<'a, 'b>
             stageKind

@@ -107,7 +107,7 @@ module internal ProcessPolicyWorker =
                         // Past the timeout: the stuck worker process is killed, a fresh one takes over.
                         p.Counts.AddTimedOut()
                         do! drop false
-                        raise (Policies.timedOut env position p.Timeout.Value null)
+                        raise (PolicyRules.timedOut env position p.Timeout.Value null)
                     elif (failure :? IOException) then
                         let! e = crashed w
                         raise e
