@@ -165,17 +165,28 @@ let pack () =
     for file in Directory.GetFiles(output, "*.*nupkg") |> Array.sort do
         printfn "pack: %s" (Path.GetRelativePath(root, file))
 
-/// Runs one test program, which writes "passed failed" to the file named by PYPER_TEST_SUMMARY.
+/// The failed tests' lines the test programs reported, printed again above the closing line.
+let failures = ResizeArray<string>()
+
+/// Runs one test program, which writes "passed failed" to the file named by PYPER_TEST_SUMMARY,
+/// then one line per failed test.
 let testSuite (project: string) (extra: string list) =
     let summary = Path.GetTempFileName()
 
     let code =
         run "dotnet" (runProject project extra) [ ("PYPER_TEST_SUMMARY", summary) ]
 
+    let lines = File.ReadAllLines summary
+
     let reported =
-        match (File.ReadAllText summary).Split(' ', StringSplitOptions.RemoveEmptyEntries) with
-        | [| p; f |] -> int p, int f
-        | _ -> 0, 1 // the suite did not report: count it as a failure
+        match lines with
+        | [||] -> 0, 1 // the suite did not report: count it as a failure
+        | _ ->
+            match lines[0].Split(' ', StringSplitOptions.RemoveEmptyEntries) with
+            | [| p; f |] -> int p, int f
+            | _ -> 0, 1
+
+    failures.AddRange(lines |> Array.skip (min 1 lines.Length))
 
     File.Delete summary
     let passed, failed = reported
@@ -262,6 +273,13 @@ let test () =
 
     let passed = results |> List.sumBy fst
     let failed = results |> List.sumBy snd
+
+    for line in Seq.truncate 60 failures do
+        printfn "FAILED %s" line
+
+    if failures.Count > 60 then
+        printfn "... and %d more failed tests (see the test output above)" (failures.Count - 60)
+
     printfn "%d passed, %d failed" passed failed
     exit (if failed = 0 then 0 else 1)
 

@@ -11,7 +11,7 @@ open Pyper
 open Pyper.FSharp
 
 /// How long any single wait in a test may take before it counts as a hang.
-let hangGuard = TimeSpan.FromSeconds 20.0
+let hangGuard = TimeSpan.FromSeconds 60.0
 
 /// Runs `work`, failing the test if it does not finish within the hang guard.
 let withinGuard (what: string) (work: unit -> Task<'T>) : 'T =
@@ -84,39 +84,130 @@ do
         Interlocked.Increment &unobserved.contents |> ignore
         e.SetObserved())
 
+/// What an earlier test that failed left alive (a hung run's workers: a test gives up on a run
+/// after the hang guard, and nothing can stop a blocked thread). Later leak checks count only what
+/// goes beyond it, so one hang fails one test instead of every test after it. Zero and empty until
+/// a test fails; lowered again as leftovers end.
+type private Leftovers =
+    {
+        mutable Threads: int
+        mutable Tasks: int
+        mutable Processes: int
+        mutable OsThreads: Set<string>
+        mutable Pids: Set<int>
+    }
+
+let private left =
+    {
+        Threads = 0
+        Tasks = 0
+        Processes = 0
+        OsThreads = Set.empty
+        Pids = Set.empty
+    }
+
+/// Pyper OS threads that are not parked, by thread id.
+let private busyOsThreads () =
+    pyperOsThreadsById ()
+    |> Array.filter (fun (_, name) -> name <> DedicatedThreads.IdleName)
+    |> Array.map fst
+    |> Set.ofArray
+
+/// Records what is alive now as left over by a failed test (parked threads and worker processes
+/// are retired first: they are no one's leftovers) and says so on stderr.
+let private recordLeftovers () =
+    DedicatedThreads.retireIdle ()
+    WorkerPool.retireIdle ()
+    // Retired worker processes exit by themselves; what still serves a run stays (bounded wait).
+    SpinWait.SpinUntil(
+        (fun () -> (workerProcesses Environment.ProcessId).Length <= Live.processCount ()),
+        TimeSpan.FromSeconds 5.0
+    )
+    |> ignore
+
+    left.Threads <- Live.threadCount ()
+    left.Tasks <- Live.taskCount ()
+    left.Processes <- Live.processCount ()
+    left.OsThreads <- busyOsThreads ()
+    left.Pids <- Set.ofArray (workerProcesses Environment.ProcessId)
+
+    if left.Threads + left.Tasks + left.Processes > 0 || not left.Pids.IsEmpty then
+        eprintfn
+            "leak checks: a failed test left %d worker threads, %d async workers, %d worker processes alive (pids %A); later checks count only what goes beyond them"
+            left.Threads
+            left.Tasks
+            left.Processes
+            (Set.toList left.Pids)
+
+/// Runs a leak check; when it fails, what it found is recorded as leftovers before the failure
+/// goes on, so the next test is not blamed for it.
+let private blamingOnce (check: unit -> unit) =
+    try
+        check ()
+    with _ ->
+        recordLeftovers ()
+        reraise ()
+
+/// Worker processes of this test process that no failed test left behind.
+let private newWorkerProcesses () =
+    workerProcesses Environment.ProcessId
+    |> Array.filter (fun pid -> not (left.Pids.Contains pid))
+
 /// Asserts that no worker thread, async worker or worker process of any run is alive, that
 /// every dedicated thread has parked and that every worker process left is parked in the pool;
 /// then retires the parked threads and checks none is left (an exited thread may linger in
 /// /proc for an instant: polled, with a hang guard). Parked worker processes stay for the next
-/// test (see `assertNoLeaks`).
+/// test (see `assertNoLeaks`). What a failed earlier test left (`Leftovers`) is not counted.
 let assertNoLeaksKeepingProcesses () =
-    Expect.equal (Live.threadCount ()) 0 "no worker thread of a run is alive"
-    Expect.equal (Live.taskCount ()) 0 "no async worker of a run is alive"
-    Expect.equal (Live.processCount ()) 0 "no worker process serves a stage"
+    blamingOnce (fun () ->
+        // Leftovers that have ended since no longer excuse anything.
+        left.Threads <- min left.Threads (Live.threadCount ())
+        left.Tasks <- min left.Tasks (Live.taskCount ())
+        left.Processes <- min left.Processes (Live.processCount ())
+        left.OsThreads <- Set.intersect left.OsThreads (busyOsThreads ())
+        left.Pids <- Set.intersect left.Pids (Set.ofArray (workerProcesses Environment.ProcessId))
 
-    for name in pyperOsThreads () do
-        Expect.equal name DedicatedThreads.IdleName "every Pyper thread left has parked"
+        Expect.equal (Live.threadCount () - left.Threads) 0 "no worker thread of a run is alive"
+        Expect.equal (Live.taskCount () - left.Tasks) 0 "no async worker of a run is alive"
+        Expect.equal (Live.processCount () - left.Processes) 0 "no worker process serves a stage"
 
-    // A worker process stopped by its run is reaped as the run ends; one that exits is polled for.
-    waitUntil "every worker process left to be parked" (fun () ->
-        (workerProcesses Environment.ProcessId).Length = WorkerPool.idleCount ())
+        for id, name in pyperOsThreadsById () do
+            if not (left.OsThreads.Contains id) then
+                Expect.equal name DedicatedThreads.IdleName "every Pyper thread left has parked"
 
-    DedicatedThreads.retireIdle ()
+        // A worker process stopped by its run is reaped as the run ends; one that exits is polled for.
+        waitUntil "every worker process left to be parked" (fun () ->
+            (newWorkerProcesses ()).Length = WorkerPool.idleCount ())
 
-    if not (SpinWait.SpinUntil((fun () -> Array.isEmpty (pyperOsThreads ())), hangGuard)) then
-        failtestf "Pyper OS threads are left: %A" (pyperOsThreads ())
+        DedicatedThreads.retireIdle ()
+
+        let unparked () =
+            pyperOsThreadsById ()
+            |> Array.filter (fun (id, _) -> not (left.OsThreads.Contains id))
+
+        if not (SpinWait.SpinUntil((fun () -> Array.isEmpty (unparked ())), hangGuard)) then
+            failtestf "Pyper OS threads are left: %A" (unparked ()))
 
 /// `assertNoLeaksKeepingProcesses`, then the parked worker processes retire too and none is left.
 let assertNoLeaks () =
     assertNoLeaksKeepingProcesses ()
-    WorkerPool.retireIdle ()
-    waitUntil "worker processes to be gone" (fun () -> Array.isEmpty (workerProcesses Environment.ProcessId))
 
-/// A test case that runs `check` (a leak check) and looks for unobserved task exceptions after its body.
+    blamingOnce (fun () ->
+        WorkerPool.retireIdle ()
+        waitUntil "worker processes to be gone" (fun () -> Array.isEmpty (newWorkerProcesses ())))
+
+/// A test case that runs `check` (a leak check) and looks for unobserved task exceptions after its
+/// body. A body that fails may leave its run behind (a hang): that is recorded as leftovers.
 let leakTestWith (check: unit -> unit) name (body: unit -> unit) =
     testCase name (fun () ->
         let before = unobserved.Value
-        body ()
+
+        try
+            body ()
+        with _ ->
+            recordLeftovers ()
+            reraise ()
+
         check ()
         GC.Collect()
         GC.WaitForPendingFinalizers()

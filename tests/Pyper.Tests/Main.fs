@@ -64,7 +64,26 @@ let private runTests (argv: string[]) =
         match Environment.GetEnvironmentVariable "PYPER_TEST_SUMMARY" with
         | null
         | "" -> printfn "%d passed, %d failed" passed failed
-        | path -> File.WriteAllText(path, $"{passed} {failed}")
+        | path ->
+            // The counts, then one line per failed test (its name and the first line of why), which
+            // build.fsx repeats just above its closing line, where a CI log's tail shows them.
+            let why (test: FlatTest, result: TestSummary) =
+                let reason =
+                    match result.result with
+                    | TestResult.Failed message -> message
+                    | TestResult.Error e -> $"{e.GetType().Name}: {e.Message}"
+                    | other -> string other
+
+                let first = reason.Trim().Split('\n').[0].Trim()
+                let line = $"""{String.concat "/" test.name}: {first}"""
+
+                if line.Length > 300 then
+                    line.Substring(0, 300) + "..."
+                else
+                    line
+
+            let lines = (s.failed @ s.errored) |> List.map why
+            File.WriteAllLines(path, $"{passed} {failed}" :: lines)
     | None -> ()
 
     code

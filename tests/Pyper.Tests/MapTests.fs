@@ -33,7 +33,7 @@ let tests =
                         (fun (x: int) ->
                             all.Signal() |> ignore
                             // A thread pool would need many seconds to inject 20 threads; ours start at once.
-                            if not (all.Wait(TimeSpan.FromSeconds 3.0)) then
+                            if not (all.Wait(TimeSpan.FromSeconds 5.0)) then
                                 failwith "not all 20 workers ran at once"
 
                             x),

@@ -61,7 +61,7 @@ let private arrive (key: string) =
 let private arrived (dir: string) = Directory.GetFiles(dir).Length
 
 /// How long a barrier waits before it fails (a hang guard: it returns as soon as all have met).
-let private guard () = TimeSpan.FromSeconds 20.0
+let private guard () = Pyper.Tests.Helpers.hangGuard
 
 let private notMet (n: int) =
     ContractFailure $"not all {n} calls met at the barrier: the workers did not run at once"
