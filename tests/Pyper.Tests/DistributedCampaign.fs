@@ -9,6 +9,7 @@ open Expecto
 open FsCheck
 open FsCheck.FSharp
 open Pyper.Tests.Helpers
+open Pyper.Tests.CampaignModel
 open Pyper.Tests.Campaign
 open Pyper.Tests.DistributedTests
 
