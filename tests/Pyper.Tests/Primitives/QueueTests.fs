@@ -237,7 +237,7 @@ let private reused =
                     Expect.sequenceEqual seen [ 0 .. items - 1 ] "every item, once, in order")
 
             testCase "a blocking writer and an async reader, capacity 1" (fun () ->
-                let items = 100_000
+                let items = 30_000
                 let q = BatchQueue<int>(1)
                 q.AddReaders 1
 
