@@ -4,7 +4,6 @@
 module Pyper.Tests.Campaign
 
 open System
-open System.Collections.Generic
 open System.Diagnostics
 open System.Threading
 open System.Threading.Tasks

@@ -4,12 +4,8 @@ module Pyper.Tests.CampaignBuild
 
 open System
 open System.Collections.Generic
-open System.Diagnostics
 open System.Threading
 open System.Threading.Tasks
-open Expecto
-open FsCheck
-open FsCheck.FSharp
 open Pyper
 open Pyper.FSharp
 open Pyper.Tests.Helpers

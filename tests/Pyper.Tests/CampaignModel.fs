@@ -3,11 +3,6 @@
 module Pyper.Tests.CampaignModel
 
 open System
-open System.Collections.Generic
-open System.Diagnostics
-open System.Threading
-open System.Threading.Tasks
-open Expecto
 open FsCheck
 open FsCheck.FSharp
 open Pyper
