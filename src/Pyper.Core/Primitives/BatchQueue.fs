@@ -120,7 +120,14 @@ type internal BatchQueue<'T>(capacity: int) =
                     raise (RunAbortedException())
 
                 if count > 0 then
-                    let k = min count max
+                    // A reader that keeps occupying what it takes takes at most half the bound,
+                    // so its writer can fill the other half meanwhile (else they alternate).
+                    let k =
+                        if release then
+                            min count max
+                        else
+                            min count (min max (Math.Max(1, bound / 2)))
+
                     let first = min k (buffer.Length - head)
                     Array.Copy(buffer, head, dest, 0, first)
                     Array.Copy(buffer, 0, dest, first, k - first)
