@@ -110,7 +110,7 @@ type internal BatchQueue<'T>(capacity: int) =
     /// complete and empty, or when it must be waited for), the batch's ticket (taking order,
     /// for ordered stages) and the waiter registered when the caller must wait (`w`, or a new
     /// `TaskWaiter` when `w` is null), else null. With `release`, the taken items stop
-    /// occupying the queue at once.
+    /// occupying the queue at once; without it, a take takes at most half the bound.
     member _.TryTake(dest: 'T[], max: int, release: bool, w: IWaiter) : struct (int * int64 * IWaiter) =
         let mutable result = struct (0, 0L, null)
 
