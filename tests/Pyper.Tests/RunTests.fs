@@ -223,24 +223,10 @@ let tests =
             let ready = Task.FromResult 1 // the user's function allocates nothing either
             let one = Stage.mapTask ((fun (_: int) -> ready), name = "one")
 
-            // Two ordered workers: batches wait for their turn at the stage's turnstile.
-            let incInTurn =
-                Stage.map ((fun (x: int) -> x + 1), workers = 2, ordered = true, name = "incInTurn")
-
-            let incVTInTurn =
-                Stage.mapValueTask (
-                    (fun (x: int) -> ValueTask<int>(x + 1)),
-                    workers = 2,
-                    ordered = true,
-                    name = "incVTInTurn"
-                )
-
             for stages, p in
                 [
                     "thread stages", inc >=> inc >=> inc
                     "async stages", incValueTask >=> one >=> incValueTask
-                    "ordered thread stages, 2 workers", incInTurn >=> incInTurn
-                    "ordered async stages, 2 workers", incVTInTurn >=> incVTInTurn
                 ] do
                 leakTest
                     $"the hand-off allocates nothing per batch or wait ({stages}): twice the items, no more allocations"
