@@ -110,7 +110,7 @@ type internal BatchQueue<'T>(capacity: int) =
     /// complete and empty, or when it must be waited for), the batch's ticket (taking order,
     /// for ordered stages) and the waiter registered when the caller must wait (`w`, or a new
     /// `TaskWaiter` when `w` is null), else null. With `release`, the taken items stop
-    /// occupying the queue at once.
+    /// occupying the queue at once; without it, a take takes at most half the bound.
     member _.TryTake(dest: 'T[], max: int, release: bool, w: IWaiter) : struct (int * int64 * IWaiter) =
         let mutable result = struct (0, 0L, null)
 
@@ -120,7 +120,14 @@ type internal BatchQueue<'T>(capacity: int) =
                     raise (RunAbortedException())
 
                 if count > 0 then
-                    let k = min count max
+                    // A reader that keeps occupying what it takes takes at most half the bound,
+                    // so its writer can fill the other half meanwhile (else they alternate).
+                    let k =
+                        if release then
+                            min count max
+                        else
+                            min count (min max (Math.Max(1, bound / 2)))
+
                     let first = min k (buffer.Length - head)
                     Array.Copy(buffer, head, dest, 0, first)
                     Array.Copy(buffer, 0, dest, first, k - first)

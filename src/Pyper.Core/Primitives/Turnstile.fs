@@ -1,21 +1,29 @@
 namespace Pyper
 
-open System
 open System.Collections.Generic
-open System.Threading
-open System.Threading.Tasks
-open System.Threading.Tasks
 
-/// Lets the batches of an ordered stage leave in the order they were taken.
+/// Lets the batches of an ordered stage leave in the order they were taken. Waiting registers
+/// the caller's own waiter (a thread's `BlockingWaiter`, an async worker's `AsyncWaiter`), so
+/// a wait for the turn allocates nothing.
 [<Sealed; AllowNullLiteral>]
 type internal Turnstile() =
     let sync = obj ()
-    let waiters = Collections.Generic.Dictionary<int64, TaskCompletionSource>()
+    /// The waiter of each ticket waiting for its turn (one holder per ticket).
+    let waiters = Dictionary<int64, IWaiter>()
     let mutable current = 0L
     let mutable aborted = false
 
-    /// Null when it is `ticket`'s turn, else a task to wait on before asking again.
-    member _.WaitTurn(ticket: int64) : Task =
+    /// True when it is `ticket`'s turn (a poll: registers nothing).
+    member _.IsTurn(ticket: int64) =
+        lock sync (fun () ->
+            if aborted then
+                raise (RunAbortedException())
+
+            ticket = current)
+
+    /// Null when it is `ticket`'s turn, else `w`, registered to be signalled (once) when the
+    /// turn may have come; the caller waits on it and then asks again.
+    member _.WaitTurn(ticket: int64, w: IWaiter) : IWaiter =
         lock sync (fun () ->
             if aborted then
                 raise (RunAbortedException())
@@ -23,28 +31,21 @@ type internal Turnstile() =
             if ticket = current then
                 null
             else
-                match waiters.TryGetValue ticket with
-                | true, w -> w.Task
-                | _ ->
-                    let w = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
-                    waiters[ticket] <- w
-                    w.Task)
+                waiters[ticket] <- w
+                w)
 
     /// The current ticket's batch has left: the next one may go.
     member _.Advance() =
-        let mutable wake = null
+        let mutable wake: IWaiter = null
 
         lock sync (fun () ->
             current <- current + 1L
 
-            match waiters.TryGetValue current with
-            | true, w ->
-                waiters.Remove current |> ignore
-                wake <- w
-            | _ -> ())
+            // The next ticket's waiter, if it waits (else null): signalled outside the lock.
+            waiters.Remove(current, &wake) |> ignore)
 
         if not (isNull wake) then
-            wake.TrySetResult() |> ignore
+            wake.Signal()
 
     interface IAbortable with
         member _.Abort() =
@@ -56,4 +57,4 @@ type internal Turnstile() =
                     all)
 
             for w in all do
-                w.TrySetResult() |> ignore
+                w.Signal()

@@ -102,31 +102,6 @@ module internal Wait =
         while not (isNull (q.RoomWait me)) do
             me.Wait()
 
-    /// Asks `poll` until it answers null, waiting (blocking) on each task it answers meanwhile.
-    let until (poll: unit -> Task) =
-        let mutable wait = poll ()
-
-        while not (isNull wait) do
-            block wait
-            wait <- poll ()
-
-    /// Asks `poll` until it answers null, awaiting each task it answers meanwhile.
-    let untilAsync (poll: unit -> Task) : ValueTask =
-        let wait = poll ()
-
-        if isNull wait then
-            ValueTask()
-        else
-            ValueTask(
-                task {
-                    let mutable wait = wait
-
-                    while not (isNull wait) do
-                        do! wait
-                        wait <- poll ()
-                }
-            )
-
     /// Waits, awaiting with the caller's own `w`, until the queue has room for one more item.
     let roomWith (w: AsyncWaiter) (q: BatchQueue<'T>) : ValueTask =
         if isNull (q.RoomWait(w.Arm())) then
@@ -141,9 +116,24 @@ module internal Wait =
                 }
             )
 
-    /// Waits, blocking, for `ticket`'s turn.
-    let turn (t: Turnstile) (ticket: int64) = until (fun () -> t.WaitTurn ticket)
+    /// Waits, blocking, for `ticket`'s turn (with the calling thread's waiter: allocates nothing).
+    let turn (t: Turnstile) (ticket: int64) =
+        let me = BlockingWaiter.ForThisThread
 
-    /// Waits, awaiting, for `ticket`'s turn.
-    let turnAsync (t: Turnstile) (ticket: int64) =
-        untilAsync (fun () -> t.WaitTurn ticket)
+        while not (isNull (t.WaitTurn(ticket, me))) do
+            me.Wait()
+
+    /// Waits, awaiting with the caller's own `w`, for `ticket`'s turn (only a wait allocates: the
+    /// task that retries; loops that can, await `WaitTurn` with their waiter inline instead).
+    let turnWith (w: AsyncWaiter) (t: Turnstile) (ticket: int64) : ValueTask =
+        if isNull (t.WaitTurn(ticket, w.Arm())) then
+            ValueTask()
+        else
+            ValueTask(
+                task {
+                    do! w.Wait
+
+                    while not (isNull (t.WaitTurn(ticket, w.Arm()))) do
+                        do! w.Wait
+                }
+            )

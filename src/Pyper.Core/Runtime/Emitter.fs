@@ -68,19 +68,16 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
         k = Tuning.MaxBatch || ((eager || output.HasWaitingReader) && this.CanFlushNow)
 
     /// True when the buffer holds items that may be handed on now without waiting for the turn.
-    member this.CanFlushNow = k > 0 && isNull (this.TryTurn())
-
-    /// Null when the buffer may be handed on now, else the turn to wait for before asking again.
-    member _.TryTurn() : Task =
-        if hasTurn then
-            null
+    member _.CanFlushNow =
+        if k = 0 then
+            false
+        elif hasTurn then
+            true
+        elif turnstile.IsTurn ticket then
+            hasTurn <- true
+            true
         else
-            let w = turnstile.WaitTurn ticket
-
-            if isNull w then
-                hasTurn <- true
-
-            w
+            false
 
     member _.Count = k
 
@@ -108,12 +105,14 @@ type internal Emitter<'b>(output: BatchQueue<'b>, turnstile: Turnstile) =
     /// Hands the buffer on, awaiting the turn and room.
     member this.EmitAsync() : Task =
         task {
-            if not hasTurn then
-                do! Wait.turnAsync turnstile ticket
-                hasTurn <- true
-
             if isNull waiter then
                 waiter <- AsyncWaiter()
+
+            if not hasTurn then
+                while not (isNull (turnstile.WaitTurn(ticket, waiter.Arm()))) do
+                    do! waiter.Wait
+
+                hasTurn <- true
 
             do! Wait.writeWith waiter output buf k
             this.Counted()

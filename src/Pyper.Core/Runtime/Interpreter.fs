@@ -112,7 +112,23 @@ module internal Interpreter =
         let q = BatchQueue<'a>(Tuning.SourceReadAhead)
         ctx.Register q
 
-        let pump () =
+        /// An array is copied into the queue a slice at a time, as much as there is room for
+        /// (reading it cannot block, so nothing is gained by handing items on one by one).
+        let pumpArray (items: 'a[]) =
+            let me = BlockingWaiter.ForThisThread
+            let mutable off = 0
+
+            while off < items.Length do
+                let n = min Tuning.MaxBatch (items.Length - off)
+                let struct (k, wait) = q.TryWrite(items, off, n, me)
+                off <- off + k
+
+                if not (isNull wait) then
+                    me.Wait()
+
+            q.Complete()
+
+        let pumpSeq () =
             let em = Emitter<'a>(q, null)
             let eager = Loops.mayBlock source
             use e = source.GetEnumerator()
@@ -132,6 +148,11 @@ module internal Interpreter =
 
             em.Emit()
             q.Complete()
+
+        let pump () =
+            match source with
+            | :? ('a[]) as items -> pumpArray items
+            | _ -> pumpSeq ()
 
         ctx.OnStart(fun () ->
             if fitsAhead source then

@@ -105,7 +105,8 @@ module internal Loops =
                 Buffers.clear input n
 
                 if not (isNull env.Turnstile) then
-                    do! Wait.turnAsync env.Turnstile ticket
+                    while not (isNull (env.Turnstile.WaitTurn(ticket, waiter.Arm()))) do
+                        do! waiter.Wait
 
                 do! Wait.writeWith waiter env.Output output n
                 env.Probe.Out n
@@ -167,7 +168,8 @@ module internal Loops =
                     Buffers.clear input n
 
                     if not (isNull env.Turnstile) then
-                        do! Wait.turnAsync env.Turnstile ticket
+                        while not (isNull (env.Turnstile.WaitTurn(ticket, waiter.Arm()))) do
+                            do! waiter.Wait
 
                     off <- 0
 

@@ -276,7 +276,8 @@ module internal Policies =
                     Buffers.clear input n
 
                     if not (isNull env.Turnstile) then
-                        do! Wait.turnAsync env.Turnstile ticket
+                        while not (isNull (env.Turnstile.WaitTurn(ticket, waiter.Arm()))) do
+                            do! waiter.Wait
 
                     if k > 0 then
                         do! Wait.writeWith waiter env.Output output k

@@ -3,6 +3,7 @@ namespace Pyper
 open System
 open Pyper.FSharp
 open System.Collections.Generic
+open System.Runtime.CompilerServices
 open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
@@ -73,10 +74,17 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
                 return false
         }
 
+    /// Moves to the batch's next result (a result that holds references is cleared from the
+    /// batch as it is yielded; plain values need no clearing).
     let next () =
-        current <- buf[pos]
-        buf[pos] <- Unchecked.defaultof<'b>
-        pos <- pos + 1
+        let p = pos
+        let b = buf
+        current <- b[p]
+
+        if RuntimeHelpers.IsReferenceOrContainsReferences<'b>() then
+            b[p] <- Unchecked.defaultof<'b>
+
+        pos <- p + 1
         true
 
     /// Hands the consumed batch's room back and tries to take the next batch: Some true when

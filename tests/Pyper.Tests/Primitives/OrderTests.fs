@@ -1,6 +1,6 @@
 /// The turnstile of ordered stages and the emitter that hands a worker's results on: one
 /// contract each, run with blocking waits (`Wait.turn`, `Emit`) and awaiting ones
-/// (`Wait.turnAsync`, `EmitAsync`).
+/// (`Wait.turnWith`, `EmitAsync`).
 module Pyper.Tests.Primitives.OrderTests
 
 open System
@@ -29,7 +29,7 @@ let private blockingWaits =
 let private awaitingWaits =
     {
         Name = "awaiting"
-        Turn = fun t ticket -> task { do! Wait.turnAsync t ticket }
+        Turn = fun t ticket -> task { do! Wait.turnWith (AsyncWaiter()) t ticket }
         Emit = fun em -> em.EmitAsync()
     }
 
@@ -61,7 +61,7 @@ let private turnstile (waits: Waits) =
 
             testCase "a later ticket waits until the earlier ones have advanced" (fun () ->
                 let t = Turnstile()
-                Expect.isNull (t.WaitTurn 0L) "ticket 0's turn at once"
+                Expect.isTrue (t.IsTurn 0L) "ticket 0's turn at once"
                 let second = waits.Turn t 1L
                 Expect.isFalse second.IsCompleted "ticket 1 waits for ticket 0"
                 t.Advance()
@@ -74,6 +74,26 @@ let private turnstile (waits: Waits) =
                 let e = catchExn (fun () -> finish "the waiting ticket" waiting)
                 Expect.isTrue (e :? RunAbortedException) $"RunAbortedException, got {e.GetType().Name}")
         ]
+
+/// Two threads take turns through 10,000 tickets: each waits for the other's advance every time.
+let private turnsWithoutAllocating =
+    testCase "blocking waits for the turn allocate nothing" (fun () ->
+        let t = Turnstile()
+        let tickets = 10_000L
+
+        let takeTurns (first: int64) () =
+            BlockingWaiter.ForThisThread |> ignore
+            let before = GC.GetAllocatedBytesForCurrentThread()
+
+            for ticket in first .. 2L .. tickets - 1L do
+                Wait.turn t ticket
+                t.Advance()
+
+            GC.GetAllocatedBytesForCurrentThread() - before
+
+        let even, odd = onThread (takeTurns 0L), onThread (takeTurns 1L)
+        let bytes = withinGuard "both threads" (fun () -> Task.WhenAll(even, odd))
+        Expect.isLessThan (Array.max bytes) 1000L $"bytes allocated by each thread for {tickets / 2L} turns")
 
 let private emitter (waits: Waits) =
     testList
@@ -132,4 +152,5 @@ let tests =
         [
             for waits in [ blockingWaits; awaitingWaits ] do
                 testList waits.Name [ turnstile waits; emitter waits ]
+            turnsWithoutAllocating
         ]
