@@ -263,13 +263,16 @@ public class CpuBound
 /// <summary>A small record crossing the process boundary.</summary>
 public sealed record Reading(int Id, string Sensor, double Value);
 
-/// <summary>Scenario 5: a trivial function on small records in 2 worker processes. Mean is per item.</summary>
+/// <summary>Scenario 5: a trivial function on small records (JSON on the wire), and on ints (raw bytes),
+/// in 2 worker processes. Mean is per item.</summary>
 [SimpleJob(launchCount: 1, warmupCount: 2, iterationCount: 5, id: "Full")]
 public class ProcessThroughput
 {
     public const int Items = 100_000;
     private Reading[] source = [];
     private Pyper.Pipeline<Reading, Reading> pipeline = null!;
+    private int[] ints = [];
+    private Pyper.Pipeline<int, int> numbers = null!;
 
     public static Reading Calibrate(Reading r) => r with { Value = r.Value * 2 };
 
@@ -281,6 +284,8 @@ public class ProcessThroughput
     {
         source = Enumerable.Range(0, Size.Of(Items)).Select(i => new Reading(i, "s" + (i % 10), i)).ToArray();
         pipeline = Pyper.Pipeline.Start<Reading>().Map(Calibrate, workers: 2, multiprocess: true);
+        ints = Enumerable.Range(0, Size.Of(Items)).ToArray();
+        numbers = Pyper.Pipeline.Start<int>().Map(Increment, workers: 2, multiprocess: true);
     }
 
     [Benchmark(OperationsPerInvoke = Items)]
@@ -288,6 +293,14 @@ public class ProcessThroughput
     {
         double sum = 0;
         await foreach (var r in pipeline.RunEach(source)) sum += r.Value;
+        return sum;
+    }
+
+    [Benchmark(OperationsPerInvoke = Items)]
+    public async Task<long> PyperProcessesInts()
+    {
+        long sum = 0;
+        await foreach (var x in numbers.RunEach(ints)) sum += x;
         return sum;
     }
 }

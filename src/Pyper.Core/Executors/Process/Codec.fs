@@ -240,14 +240,18 @@ type internal StringCodec() =
 
 /// The codec of each item type, made once.
 module internal Codecs =
+    /// Type identity without F#'s generic equality, whose first use initializes FSharp.Core's
+    /// comparers (about 30 methods compiled in each fresh worker process).
+    let private is (t: Type) (u: Type) = Type.op_Equality (t, u)
+
     let private make (t: Type) : obj =
-        if t = typeof<byte[]> then
+        if is t typeof<byte[]> then
             BytesCodec()
-        elif t = typeof<ReadOnlyMemory<byte>> then
+        elif is t typeof<ReadOnlyMemory<byte>> then
             MemoryCodec()
-        elif t = typeof<string> then
+        elif is t typeof<string> then
             StringCodec()
-        elif t.IsPrimitive && t <> typeof<IntPtr> && t <> typeof<UIntPtr> then
+        elif t.IsPrimitive && not (is t typeof<IntPtr>) && not (is t typeof<UIntPtr>) then
             Activator.CreateInstance(typedefof<RawCodec<int>>.MakeGenericType t)
         else
             Activator.CreateInstance(typedefof<JsonCodec<int>>.MakeGenericType t)

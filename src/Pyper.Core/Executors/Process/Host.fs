@@ -201,7 +201,7 @@ module internal ProcessHost =
         let arg name =
             args |> Array.findIndex ((=) name) |> fun i -> args[i + 1]
 
-        watchParent (int (arg "--parent"))
+        watchParent (Int32.Parse(arg "--parent", Globalization.CultureInfo.InvariantCulture))
         // User code in workers prints freely: set the console up now, while the worker starts.
         Console.Out.Flush()
         resolveIn AppContext.BaseDirectory

@@ -221,7 +221,8 @@ module internal Runners =
     /// The element type of a sequence type (its first IEnumerable<T>), or null.
     let elementOf (t: Type) : Type =
         let isSeq (i: Type) =
-            i.IsGenericType && i.GetGenericTypeDefinition() = typedefof<IEnumerable<int>>
+            i.IsGenericType
+            && Type.op_Equality (i.GetGenericTypeDefinition(), typedefof<IEnumerable<int>>)
 
         if isSeq t then
             t.GetGenericArguments()[0]
