@@ -51,16 +51,22 @@ module StateRemote =
 
     let failingInit () : Probe = invalidOp "no model here"
 
-    /// Fails the second state made in this process.
+    /// Fails every second state it makes in this process.
     let secondInitFails () =
-        let p = init ()
+        let n = bump "pyper-test-second-init"
 
-        if p.Number % 2 = 0 then
-            raise (FormatException $"state {p.Number} cannot be made")
+        if n % 2 = 0 then
+            raise (FormatException $"state {n} cannot be made")
 
-        p
+        init ()
 
     let disposeFails (_: Probe) = raise (IOException "cannot close")
+
+    /// `dispose` that takes a while (flushing, closing a model): a worker process killed at once
+    /// when its run stops would not get to write its file.
+    let slowDispose (p: Probe) =
+        Thread.Sleep 300
+        dispose p
 
     /// Item x fails its first `fails` calls (counted per run and item in this process).
     let flaky (_: Probe) (run: string, x: int, fails: int) =
@@ -119,11 +125,17 @@ let private processes =
                         let pids = first |> List.map (fun (pid, _, _) -> pid) |> List.distinct
                         Expect.isFalse (List.contains Environment.ProcessId pids) "made in worker processes"
 
-                        for pid in pids do
-                            let numbers =
-                                first |> List.filter (fun (q, _, _) -> q = pid) |> List.map (fun (_, n, _) -> n)
+                        // A state's number counts the states made in its process (a process
+                        // parked by an earlier test may have made some).
+                        let numberIn =
+                            pids
+                            |> List.map (fun pid ->
+                                let numbers =
+                                    first |> List.filter (fun (q, _, _) -> q = pid) |> List.map (fun (_, n, _) -> n)
 
-                            Expect.equal (List.distinct numbers) [ 1 ] "one state per worker process"
+                                Expect.equal (List.distinct numbers).Length 1 "one state per worker process"
+                                pid, numbers.Head)
+                            |> Map.ofList
 
                         // Disposed in the worker process before the run ended and the worker parked.
                         let served = first |> List.countBy (fun (pid, n, _) -> pid, n) |> Map.ofList
@@ -136,7 +148,7 @@ let private processes =
 
                         for pid, n, _ in second do
                             Expect.isTrue (List.contains pid pids) "a parked worker process serves it"
-                            Expect.equal n 2 "a fresh state: the first was disposed"))
+                            Expect.equal n (numberIn[pid] + 1) "a fresh state: the first was disposed"))
 
             leakTest "recycleAfter: the state is disposed and made anew every N calls, in the same process"
             <| fun () ->
@@ -151,12 +163,20 @@ let private processes =
                         )
 
                     let results = collect (Pipeline.toSeqFrom [ for x in 1..10 -> dir, x ] p)
-                    Expect.equal (results |> List.map (fun (_, n, _) -> n)) [ 1; 1; 1; 2; 2; 2; 3; 3; 3; 4 ] "states"
+                    // Numbers count the states made in the process: relative to its first here.
+                    let _, first, _ = results.Head
+                    let numbers = results |> List.map (fun (_, n, _) -> n - first + 1)
+                    Expect.equal numbers [ 1; 1; 1; 2; 2; 2; 3; 3; 3; 4 ] "a fresh state every 3 calls"
                     Expect.equal (results |> List.map (fun (pid, _, _) -> pid) |> List.distinct).Length 1 "one process"
-                    let calls = disposed dir |> Map.toList |> List.map (fun ((_, n), c) -> n, c)
+
+                    let calls =
+                        disposed dir |> Map.toList |> List.map (fun ((_, n), c) -> n - first + 1, c)
+
                     Expect.equal calls [ 1, 3; 2, 3; 3, 3; 4, 1 ] "each state disposed after its calls")
 
             leakTest "an init that throws fails the run with its exception, also under onError" (fun () ->
+                let counts = FailureCounts()
+
                 for onError in [ None; Some OnError.Skip ] do
                     let p =
                         Stage.mapWithState (
@@ -164,7 +184,8 @@ let private processes =
                             StateRemote.tag,
                             multiprocess = true,
                             name = "model",
-                            ?onError = onError
+                            ?onError = onError,
+                            counts = counts
                         )
 
                     let e =
@@ -180,14 +201,16 @@ let private processes =
                         StateRemote.tag,
                         multiprocess = true,
                         recycleAfter = 2,
-                        onError = OnError.Skip
+                        onError = OnError.Skip,
+                        counts = counts
                     )
 
                 let e =
                     throwsOf<FormatException> "recycled init" (fun () ->
                         collect (Pipeline.toSeqFrom [ for x in 1..5 -> "", x ] q) |> ignore)
 
-                Expect.equal e.Message "state 2 cannot be made" "the original message")
+                Expect.equal e.Message "state 2 cannot be made" "the original message"
+                Expect.equal counts.Skipped 0L "no item was skipped for it")
 
             leakTest "a dispose that throws fails the run with its exception" (fun () ->
                 let p =
@@ -209,7 +232,7 @@ let private processes =
                         Stage.mapWithState (
                             StateRemote.init,
                             StateRemote.throwsAtSeven,
-                            dispose = StateRemote.dispose,
+                            dispose = StateRemote.slowDispose,
                             multiprocess = true
                         )
 
@@ -225,7 +248,7 @@ let private processes =
                         Stage.mapWithState (
                             StateRemote.init,
                             StateRemote.tag,
-                            dispose = StateRemote.dispose,
+                            dispose = StateRemote.slowDispose,
                             multiprocess = true
                         )
 
