@@ -29,6 +29,13 @@ internal static class Interop
     internal static FSharpOption<FSharpFunc<T, Unit>> Dispose<T>(Action<T>? d) =>
         d is null ? FSharpOption<FSharpFunc<T, Unit>>.None : FSharpOption<FSharpFunc<T, Unit>>.Some(FuncConvert.FromAction(d));
 
+    /// <summary>An optional delegate (a process stage's dispose must stay a delegate); none when not given.</summary>
+    internal static FSharpOption<Action<T>> DisposeAction<T>(Action<T>? d) =>
+        d is null ? FSharpOption<Action<T>>.None : FSharpOption<Action<T>>.Some(d);
+
+    internal static FSharpOption<int> Recycle(int? n) =>
+        n is { } v ? FSharpOption<int>.Some(v) : FSharpOption<int>.None;
+
     internal static FSharpOption<TimeSpan> Span(TimeSpan? t) =>
         t is { } v ? FSharpOption<TimeSpan>.Some(v) : FSharpOption<TimeSpan>.None;
 

@@ -110,19 +110,20 @@ public sealed class Pipeline<TIn, TOut>
         Then(Stage.Map(f, workers, capacity, ordered, name, multiprocess, timeout, onError, counts, rateLimit));
 
     /// <summary>Adds a blocking map stage with per-worker state.</summary>
-    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?, bool, int?)"/>
     public Pipeline<TIn, TNext> MapWithState<TState, TNext>(
         Func<TState> init, Func<TState, TOut, TNext> f, Action<TState>? dispose = null, int workers = 1, int capacity = Stage.DefaultCapacity,
-        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
-        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts, rateLimit));
+        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null,
+        bool multiprocess = false, int? recycleAfter = null) =>
+        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts, rateLimit, multiprocess, recycleAfter));
 
     /// <summary>Adds an async map stage with per-worker state.</summary>
-    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, CancellationToken, Task{TOut}}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    /// <inheritdoc cref="Stage.MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, CancellationToken, Task{TOut}}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?, int?)"/>
     public Pipeline<TIn, TNext> MapWithState<TState, TNext>(
         Func<TState> init, Func<TState, TOut, CancellationToken, Task<TNext>> f, Action<TState>? dispose = null, int workers = 1,
         int capacity = Stage.DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null,
-        FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
-        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts, rateLimit));
+        FailureCounts? counts = null, RateLimiter? rateLimit = null, int? recycleAfter = null) =>
+        Then(Stage.MapWithState(init, f, dispose, workers, capacity, ordered, name, timeout, onError, counts, rateLimit, recycleAfter));
 
     /// <summary>Adds a stage awaiting a ValueTask-returning function once per item.</summary>
     /// <inheritdoc cref="Stage.Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>

@@ -165,12 +165,13 @@ public static class Stage
     /// A blocking map stage with per-worker state: <paramref name="init"/> runs once per worker, on the
     /// worker's thread, before its first item; <paramref name="f"/> gets that worker's state with each
     /// item; <paramref name="dispose"/> runs on the same thread when the worker ends (also when the run
-    /// fails or is cancelled). With a <c>timeout</c>, calls run on the worker's helper thread.
+    /// fails or is cancelled). With a <c>timeout</c>, calls run on the worker's helper thread. An exception
+    /// in <paramref name="init"/> or <paramref name="dispose"/> fails the run, whatever <paramref name="onError"/> says.
     /// </summary>
     /// <param name="init">Makes one worker's state.</param>
     /// <param name="f">The function, given the worker's state and the item.</param>
     /// <param name="dispose">Releases one worker's state (optional).</param>
-    /// <param name="workers">How many workers (each with its own state) call it at once (1 to 10,000).</param>
+    /// <param name="workers">How many workers (each with its own state) call it at once (1 to 10,000; 1 to 256 with <paramref name="multiprocess"/>).</param>
     /// <param name="capacity">How many results may wait for the next stage (0 = unbounded).</param>
     /// <param name="ordered">Whether results leave in input order.</param>
     /// <param name="name">The stage's name in errors.</param>
@@ -178,24 +179,37 @@ public static class Stage
     /// <param name="onError">What to do with an item whose call failed (default <see cref="ErrorPolicy.Fail"/>).</param>
     /// <param name="counts">Counts retries, skipped and dead-lettered items and time-outs, over every run.</param>
     /// <param name="rateLimit">A limiter each call takes one permit from (see <see cref="Map{TIn, TOut}(Func{TIn, TOut}, int, int, bool, string?, bool, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>).</param>
+    /// <param name="multiprocess">
+    /// Each worker is a worker process, and <paramref name="init"/>, <paramref name="f"/> and <paramref name="dispose"/>
+    /// run in it: the state lives there (it need not be serializable). <paramref name="dispose"/> runs when the worker
+    /// process ends the stage: before it parks for another run (no state passes from one run to the next), or when the
+    /// run fails, is cancelled or stops early (the process then gets 2 s to dispose and exit). The three delegates must
+    /// be static methods or lambdas that capture nothing, in a compiled assembly; <paramref name="f"/>'s method must take
+    /// the stage's own types. Each is refused here otherwise, with an <see cref="ArgumentException"/> naming it.
+    /// </param>
+    /// <param name="recycleAfter">
+    /// After this many calls of <paramref name="f"/> (at least 1; retries count) a worker disposes its state and makes a
+    /// fresh one before its next call; null: never.
+    /// </param>
     public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
         Func<TState> init, Func<TState, TIn, TOut> f, Action<TState>? dispose = null, int workers = 1, int capacity = DefaultCapacity,
-        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
-        new(Core.Stage.mapWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
-            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
+        bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null,
+        bool multiprocess = false, int? recycleAfter = null) =>
+        new(Core.Stage.mapWithStateFunc(init, f, DisposeAction(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit), Some(multiprocess), Recycle(recycleAfter)));
 
     /// <summary>
     /// An async map stage with per-worker state: <paramref name="init"/> runs once per async worker
     /// before its first item, <paramref name="dispose"/> when the worker ends; <paramref name="f"/> gets
     /// the state, the item and the token (the run's, or the item's under a <c>timeout</c>).
     /// </summary>
-    /// <inheritdoc cref="MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?)"/>
+    /// <inheritdoc cref="MapWithState{TState, TIn, TOut}(Func{TState}, Func{TState, TIn, TOut}, Action{TState}?, int, int, bool, string?, TimeSpan?, ErrorPolicy?, FailureCounts?, RateLimiter?, bool, int?)"/>
     public static Pipeline<TIn, TOut> MapWithState<TState, TIn, TOut>(
         Func<TState> init, Func<TState, TIn, CancellationToken, Task<TOut>> f, Action<TState>? dispose = null, int workers = 1,
         int capacity = DefaultCapacity, bool ordered = false, string? name = null, TimeSpan? timeout = null, ErrorPolicy? onError = null,
-        FailureCounts? counts = null, RateLimiter? rateLimit = null) =>
+        FailureCounts? counts = null, RateLimiter? rateLimit = null, int? recycleAfter = null) =>
         new(Core.Stage.mapTaskWithState(Fn(init), Fn(f), Dispose(dispose), Some(workers), Some(capacity), Some(ordered), Name(name),
-            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit)));
+            Span(timeout), ErrorPolicy.Option<TIn>(onError, name), Counts(counts), Limit(rateLimit), Recycle(recycleAfter)));
 
     /// <summary>
     /// An async function with <c>multiprocess: true</c> (the parameter is there so that overloads resolve

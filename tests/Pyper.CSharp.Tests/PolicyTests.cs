@@ -137,6 +137,38 @@ public static class PolicyTests
             Sequence(disposed.Where(d => d < 0), new[] { -100 }, "the async state disposed after 100 items");
         }),
 
+        Case("MapWithState with multiprocess: the state is made in the worker process, recycled every N calls", async () =>
+        {
+            var p = Stage.MapWithState(static () => new[] { Environment.ProcessId, 0 },
+                static (int[] s, int x) => { s[1]++; return (s[0], s[1]); }, multiprocess: true, recycleAfter: 2);
+            var results = await Collect(p.RunEach(Enumerable.Range(1, 5)));
+            True(results.All(r => r.Item1 != Environment.ProcessId), "made in a worker process");
+            Sequence(results.Select(r => r.Item2), new[] { 1, 2, 1, 2, 1 }, "a fresh state every two calls");
+        }),
+
+        Case("MapWithState with multiprocess refuses a capturing init, and recycleAfter below 1", () =>
+        {
+            var offset = Environment.ProcessId;
+            try
+            {
+                Stage.MapWithState(() => offset, static (int s, int x) => s + x, multiprocess: true, name: "s");
+                throw new AssertException("expected an ArgumentException");
+            }
+            catch (ArgumentException e) when (e.ParamName == "init")
+            {
+                True(e.Message.Contains("Stage 's' (map): cannot run in worker processes: init"), e.Message);
+            }
+            try
+            {
+                Stage.MapWithState(static () => 0, static (int s, int x) => s + x, recycleAfter: 0, name: "s");
+                throw new AssertException("expected an ArgumentOutOfRangeException");
+            }
+            catch (ArgumentOutOfRangeException e) when (e.ParamName == "recycleAfter")
+            {
+                True(e.Message.Contains("Stage 's' (map): recycleAfter must be at least 1"), e.Message);
+            }
+        }),
+
         Case("a dead-letter sink for other items is refused when the stage is built", () =>
         {
             try

@@ -33,6 +33,7 @@ let private all =
             PolicyTimeoutTests.tests
             RateLimitTests.tests
             ProcessPolicyTests.tests
+            ProcessStateTests.tests
             Campaign.tests
             DistributedCampaign.tests
             Pyper.CSharp.Tests.FacadeTests.All

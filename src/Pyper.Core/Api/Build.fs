@@ -92,82 +92,6 @@ module internal Build =
         | None -> Loops.mapPool g
         | Some p -> Policies.mapPool p g
 
-    /// Refuses a null `init` or `dispose` of a stage with per-worker state.
-    let stateChecks (name: string option) (init: obj) (dispose: obj option) =
-        if isNull init then
-            raise (ArgumentNullException("init", $"{describe name StageKind.Map}: init is null."))
-
-        match dispose with
-        | Some d when isNull d ->
-            raise (ArgumentNullException("dispose", $"{describe name StageKind.Map}: dispose is null."))
-        | _ -> ()
-
-    /// A blocking map stage with per-worker state: `init` on each worker's thread before its
-    /// first item, `dispose` on it when the worker ends.
-    let mapThreadWithState
-        (init: unit -> 's)
-        (f: 's -> 'a -> 'b)
-        (dispose: ('s -> unit) option)
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
-        =
-        notNull StageKind.Map name (box f)
-        stateChecks name (box init) (Option.map box dispose)
-        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
-
-        let policy =
-            PolicyRules.check (describe name StageKind.Map) timeout onError counts rateLimit
-
-        let loop (env: WorkerEnv<'a, 'b>) =
-            let s = init ()
-
-            try
-                threadLoop policy (f s) env
-            finally
-                dispose |> Option.iter (fun d -> d s)
-
-        Interpreter.stage info (ThreadExecutor loop)
-
-    /// An async map stage with per-worker state: `init` once per async worker before its first
-    /// item, `dispose` when the worker ends.
-    let mapPoolWithState
-        (init: unit -> 's)
-        (f: 's -> 'a -> CancellationToken -> Task<'b>)
-        (dispose: ('s -> unit) option)
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
-        =
-        notNull StageKind.Map name (box f)
-        stateChecks name (box init) (Option.map box dispose)
-        let info = info StageKind.Map Executor.Async false workers capacity ordered name
-
-        let policy =
-            PolicyRules.check (describe name StageKind.Map) timeout onError counts rateLimit
-
-        let loop (env: WorkerEnv<'a, 'b>) : Task =
-            task {
-                let s = init ()
-
-                try
-                    do! poolLoop policy (fun x ct -> ValueTask<'b>(NullResult.task (f s x ct))) env
-                finally
-                    dispose |> Option.iter (fun d -> d s)
-            }
-
-        Interpreter.stage info (AsyncExecutor loop)
-
     /// A blocking map stage on dedicated threads: the plain loop, or the policy-aware one when a
     /// timeout or failure policy is set.
     let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts rateLimit =
@@ -316,7 +240,7 @@ module internal Build =
         remoteStageOf<'a, 'b>
             stageKind
             Executor.Process
-            (fun fref -> ProcessExecutor<'a, 'b>(shape, fref, policy, bound))
+            (fun fref -> ProcessExecutor<'a, 'b>(shape, ProcessConnection.setup shape fref bound, policy))
             f
             locate
             workers

@@ -209,9 +209,55 @@ type Stage =
             ?timeout,
             ?onError,
             ?counts,
-            ?rateLimit
+            ?rateLimit,
+            ?multiprocess,
+            ?recycleAfter
         ) =
-        Build.mapThreadWithState init f dispose workers capacity ordered name timeout onError counts rateLimit
+        BuildState.mapWithState
+            init
+            f
+            dispose
+            multiprocess
+            workers
+            capacity
+            ordered
+            name
+            timeout
+            onError
+            counts
+            rateLimit
+            recycleAfter
+
+    static member mapWithStateFunc
+        (
+            init: Func<'s>,
+            f: Func<'s, 'a, 'b>,
+            ?dispose: Action<'s>,
+            ?workers,
+            ?capacity,
+            ?ordered,
+            ?name,
+            ?timeout,
+            ?onError,
+            ?counts,
+            ?rateLimit,
+            ?multiprocess,
+            ?recycleAfter
+        ) =
+        BuildState.mapWithStateFunc
+            init
+            f
+            dispose
+            multiprocess
+            workers
+            capacity
+            ordered
+            name
+            timeout
+            onError
+            counts
+            rateLimit
+            recycleAfter
 
     static member mapTaskWithState
         (
@@ -225,9 +271,22 @@ type Stage =
             ?timeout,
             ?onError,
             ?counts,
-            ?rateLimit
+            ?rateLimit,
+            ?recycleAfter
         ) =
-        Build.mapPoolWithState init f dispose workers capacity ordered name timeout onError counts rateLimit
+        BuildState.mapPoolWithState
+            init
+            f
+            dispose
+            workers
+            capacity
+            ordered
+            name
+            timeout
+            onError
+            counts
+            rateLimit
+            recycleAfter
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
         if defaultArg multiprocess false then

@@ -178,7 +178,23 @@ type Stage =
     /// thread, before its first item; `f` gets that worker's state with each item; `dispose`
     /// (optional) runs on the same thread when the worker ends, also when the run fails or is
     /// cancelled. With a `timeout`, the calls run on the worker's helper thread (see `timeout`):
-    /// the state must then not depend on the thread. An exception in `init` fails the run.
+    /// the state must then not depend on the thread. An exception in `init` or `dispose` fails the
+    /// run with that exception, whatever `onError` says (it is the worker's failure, not an item's).
+    ///
+    /// `recycleAfter` (at least 1; default: never): after that many calls of `f` (retries
+    /// included) the worker disposes its state and makes a fresh one (`dispose`, then `init`)
+    /// before its next call: for state that leaks or grows (a native library, a cache).
+    ///
+    /// With `multiprocess = true` each worker is a worker process, and `init`, `f` and `dispose`
+    /// run in it: `init` when the worker process takes up the stage, `dispose` when it ends the
+    /// stage (before it parks for another run: no state ever passes from one run to the next, or
+    /// when the run fails, is cancelled or stops early: the worker process then gets 2 s to dispose
+    /// and exit), `recycleAfter` in the same process. The state never crosses between processes
+    /// (it need not be serializable), but the three functions must be re-creatable there, by the
+    /// rules of `map` (module functions, or lambdas that capture nothing, in a compiled assembly);
+    /// each is refused here otherwise, with an ArgumentException whose ParamName names it. A
+    /// worker process that crashes, or is killed at a `timeout`, does not dispose (it is gone); its
+    /// replacement makes a fresh state.
     static member mapWithState:
         init: (unit -> 's) *
         f: ('s -> 'a -> 'b) *
@@ -190,12 +206,33 @@ type Stage =
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
         ?counts: FailureCounts *
-        ?rateLimit: RateLimiter ->
+        ?rateLimit: RateLimiter *
+        ?multiprocess: bool *
+        ?recycleAfter: int ->
+            Pipeline<'a, 'b>
+
+    /// `mapWithState` for .NET delegates (the C# facade's entry point): with `multiprocess = true`,
+    /// static methods or lambdas that capture nothing, in a compiled assembly; `f`'s method must
+    /// take the stage's own state and item types and return its result type.
+    static member mapWithStateFunc:
+        init: Func<'s> *
+        f: Func<'s, 'a, 'b> *
+        ?dispose: Action<'s> *
+        ?workers: int *
+        ?capacity: int *
+        ?ordered: bool *
+        ?name: string *
+        ?timeout: TimeSpan *
+        ?onError: OnError<'a> *
+        ?counts: FailureCounts *
+        ?rateLimit: RateLimiter *
+        ?multiprocess: bool *
+        ?recycleAfter: int ->
             Pipeline<'a, 'b>
 
     /// An async map stage with per-worker state (see `mapWithState`): `init` runs once per async
     /// worker before its first item, `dispose` when the worker ends; `f` gets the state, the item
-    /// and the token (the run's, or the item's under a `timeout`).
+    /// and the token (the run's, or the item's under a `timeout`). `recycleAfter` as for `mapWithState`.
     static member mapTaskWithState:
         init: (unit -> 's) *
         f: ('s -> 'a -> CancellationToken -> Task<'b>) *
@@ -207,7 +244,8 @@ type Stage =
         ?timeout: TimeSpan *
         ?onError: OnError<'a> *
         ?counts: FailureCounts *
-        ?rateLimit: RateLimiter ->
+        ?rateLimit: RateLimiter *
+        ?recycleAfter: int ->
             Pipeline<'a, 'b>
 
     /// A stage whose blocking function returns many results per item, flattened downstream

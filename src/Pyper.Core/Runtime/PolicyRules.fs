@@ -121,10 +121,14 @@ module internal PolicyRules =
         TimeSpan.FromTicks(int64 (full * (0.5 + 0.5 * Random.Shared.NextDouble())))
 
     /// Rethrows `e` when it must end the worker whatever the policy: the function broke its
-    /// contract (a null Task...) or the run is ending; when the run is stopping (cancelled, or
+    /// contract (a null Task...), the worker's state failed (`init` or `dispose`) or the run is ending; when the run is stopping (cancelled, or
     /// failed elsewhere), the item's failure is moot and the worker leaves as stopped.
     let private ends (ctx: RunContext) (e: exn) =
-        if (e :? RunAbortedException) || (e :? NullResultException) then
+        if
+            (e :? RunAbortedException)
+            || (e :? NullResultException)
+            || (e :? StateFailureException)
+        then
             ExceptionDispatchInfo.Throw e
 
         if ctx.Token.IsCancellationRequested then

@@ -185,10 +185,36 @@ module internal ProcessHost =
             let f = m.CreateDelegate(typedefof<Func<_, _, _>>.MakeGenericType(c, a, b), target)
             make c a b "OfDelegate" f
 
-    /// Answers a failure (unless the parent has gone: then false).
+    /// A function of a stage with per-worker state (an InitState frame's encoding), as this
+    /// process re-creates it: its method and target; nulls for an empty encoding (no `dispose`).
+    let private load (encoding: byte[]) : MethodInfo * obj =
+        if encoding.Length = 0 then
+            null, null
+        else
+            let r = FunctionRef.Decode encoding
+            let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
+            resolveIn (Path.GetDirectoryName r.Assembly)
+            let t, m = r.Resolve assembly
+
+            m,
+            (if r.Instance then
+                 Activator.CreateInstance(t, true)
+             else
+                 null)
+
+    /// Answers a failure (unless the parent has gone: then false); a failure of the per-worker
+    /// state goes as `Wire.StateFailure`, which fails the run whatever the stage's policy.
     let private answerFailure (link: WorkerLink) (e: exn) =
         match e with
         | :? ParentGoneException -> false
+        | :? StateFailureException as s ->
+            try
+                link.Begin()
+                link.Frame.Writer.Write(ReadOnlySpan(RemoteFailures.encode s.InnerException))
+                link.Send Wire.StateFailure
+                true
+            with :? ParentGoneException ->
+                false
         | e ->
             try
                 link.SendFailure e
@@ -209,38 +235,72 @@ module internal ProcessHost =
         use stream = new NetworkStream(WorkerChannel.connect (arg "--socket"), true)
         let link = WorkerLink(stream)
         let mutable run = Unchecked.defaultof<IStageRunner>
+        // The per-worker state of the stage served, if any: disposed before this process serves
+        // another stage (the parent releases it first) and when this process ends.
+        let state: IStateRunner option ref = ref None
+
+        let dropState () =
+            match state.Value with
+            | None -> ()
+            | Some s ->
+                state.Value <- None
+                s.Drop()
+
         let mutable go = true
 
-        while go do
-            let frame =
-                try
-                    link.Reader.Read()
-                with :? IOException ->
-                    false // the parent reset the connection: as good as closed
-
-            if not frame then
-                go <- false
-            elif link.Reader.Kind = Wire.Init then
-                let payload = link.Reader.Payload
-
-                run <-
-                    stageRunner
-                        (LanguagePrimitives.EnumOfValue<byte, Shape> payload[0])
-                        (FunctionRef.Decode(payload.Slice(1).ToArray()))
-
-                if run.Shape = Shape.Join || run.Shape = Shape.JoinMany then
-                    // The parent may stop the run (and close the connection) meanwhile.
+        try
+            while go do
+                let frame =
                     try
-                        run.Join link
-                    with :? ParentGoneException ->
-                        go <- false
-            elif link.Reader.Kind = Wire.InitBound then
-                run <- boundRunner link.Reader.Payload
-            elif link.Reader.Kind = Wire.Batch then
-                // The parent may stop the run (and close the connection) while this batch runs.
-                try
-                    run.Batch(link.Reader.Payload, link)
-                with e ->
-                    go <- answerFailure link e
+                        link.Reader.Read()
+                    with :? IOException ->
+                        false // the parent reset the connection: as good as closed
+
+                if not frame then
+                    go <- false
+                elif link.Reader.Kind = Wire.InitState then
+                    dropState ()
+                    let s = StateRunners.make load link.Reader.Payload
+                    state.Value <- Some s
+                    run <- s
+                elif link.Reader.Kind = Wire.Release then
+                    let s = state.Value
+                    state.Value <- None
+
+                    try
+                        s |> Option.iter (fun s -> s.Release())
+
+                        link.Begin()
+                        link.Frame.Writer.Write(ReadOnlySpan(Array.zeroCreate<byte> 8)) // no cost, no items
+                        link.Send Wire.Results
+                    with e ->
+                        go <- answerFailure link e
+                elif link.Reader.Kind = Wire.Init then
+                    dropState ()
+                    let payload = link.Reader.Payload
+
+                    run <-
+                        stageRunner
+                            (LanguagePrimitives.EnumOfValue<byte, Shape> payload[0])
+                            (FunctionRef.Decode(payload.Slice(1).ToArray()))
+
+                    if run.Shape = Shape.Join || run.Shape = Shape.JoinMany then
+                        // The parent may stop the run (and close the connection) meanwhile.
+                        try
+                            run.Join link
+                        with :? ParentGoneException ->
+                            go <- false
+                elif link.Reader.Kind = Wire.InitBound then
+                    dropState ()
+                    run <- boundRunner link.Reader.Payload
+                elif link.Reader.Kind = Wire.Batch then
+                    // The parent may stop the run (and close the connection) while this batch runs.
+                    try
+                        run.Batch(link.Reader.Payload, link)
+                    with e ->
+                        go <- answerFailure link e
+        finally
+            // The stage stopped or failed (the parent closed the connection): dispose here.
+            dropState ()
 
         0

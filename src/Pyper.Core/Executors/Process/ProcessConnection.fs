@@ -34,6 +34,25 @@ module internal ProcessConnection =
             Array.blit bound 0 payload (5 + f.Length) bound.Length
             struct (Wire.InitBound, payload)
 
+    /// The frame that sends a worker process a map stage with per-worker state (`Wire.InitState`):
+    /// `recycleAfter` (0: never) and the encodings of `init`, `f` and `dispose` (empty: none).
+    let stateSetup (recycleAfter: int) (init: FunctionRef) (f: FunctionRef) (dispose: FunctionRef option) =
+        let dispose =
+            match dispose with
+            | Some d -> d.Encode()
+            | None -> [||]
+
+        struct (Wire.InitState, StateRunners.payload recycleAfter (init.Encode()) (f.Encode()) dispose)
+
+    /// True for a stage with per-worker state: its worker process disposes the state before it
+    /// parks (`Wire.Release`), and is given time to dispose it when the stage stops or fails.
+    let stateful (setup: struct (byte * byte[])) =
+        let struct (kind, _) = setup
+        kind = Wire.InitState
+
+    /// The frame that ends a stage with per-worker state cleanly: the worker disposes its state.
+    let release = struct (Wire.Release, Array.empty<byte>)
+
     /// A worker process with the stage's function (`setup`) sent to it. A parked worker may have
     /// died since it parked: then this takes (or starts) another.
     let rec connect (setup: struct (byte * byte[])) (stage: string) (token: CancellationToken) : Task<WorkerProcess> =
@@ -293,14 +312,19 @@ module internal ProcessConnection =
 
             Live.processEnded ()
 
+            // A stopped run does not wait for a worker process, unless it has per-worker state
+            // to dispose (closing the connection ends it: it gets 2 s to dispose its state and exit).
+            let wait = stateful setup || not token.IsCancellationRequested
+
             match failure with
             | null ->
-                // No batch is in flight after a clean finish: the worker can serve another stage.
-                // Otherwise closing the connection ends it; a stopped run does not wait for it.
+                // No batch is in flight after a clean finish: the worker can serve another stage
+                // (a stage with per-worker state has released it: see `releaseState`).
+                // Otherwise closing the connection ends it.
                 if clean then
                     WorkerPool.release worker
                 else
-                    do! worker.CloseAsync(not token.IsCancellationRequested)
+                    do! worker.CloseAsync wait
             | e ->
                 // The failure first: the run stops now, not once the worker process has gone
                 // (meanwhile the other workers' results would flow on as successes).
@@ -309,6 +333,20 @@ module internal ProcessConnection =
                 | e when env.Ctx.IsStopEcho e -> ()
                 | e -> env.Ctx.Fail(env.Name, e)
 
-                do! worker.CloseAsync(not token.IsCancellationRequested)
+                do! worker.CloseAsync wait
                 ExceptionDispatchInfo.Throw e
+        }
+
+    /// Ends a stage with per-worker state cleanly: the worker process disposes its state (a
+    /// failure of `dispose`, or of an `init` that no item saw, is raised here, as it was thrown).
+    let releaseState (link: Link) : Task =
+        task {
+            let frame = FrameBuffer()
+            frame.Begin()
+            do! link.Send(frame.Seal Wire.Release)
+            do! link.Next()
+
+            if link.Reader.Kind <> Wire.Results then
+                let! e = link.Failed()
+                raise e
         }

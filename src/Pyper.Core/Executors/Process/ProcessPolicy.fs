@@ -121,6 +121,9 @@ module internal ProcessPolicyWorker =
                     let y = scratch[0]
                     Buffers.clear scratch got
                     return y
+                elif reader.Kind = Wire.StateFailure then
+                    // The worker's state failed (init, dispose): the run fails, whatever the policy.
+                    return raise (StateFailureException(RemoteExceptions.decode env.Name typeof<'b> reader.Payload))
                 elif reader.Kind = Wire.BriefFailure then
                     // The item's failure: its full frame follows (bounded: a worker that hangs or
                     // dies while encoding it leaves the brief one, and is replaced).
@@ -149,14 +152,33 @@ module internal ProcessPolicyWorker =
                     return raise (RemoteExceptions.decode env.Name typeof<'b> reader.Payload)
             }
 
+        // The stage's clean end with per-worker state: the worker process disposes it.
+        let release () : Task =
+            task {
+                if stateful setup && not (isNull worker) then
+                    frame.Begin()
+                    do! worker.Stream.WriteAsync(frame.Seal Wire.Release, token)
+                    let! ok = frames.ReadAsync token
+
+                    if not ok then
+                        let! e = crashed worker
+                        raise e
+                    elif frames.Kind <> Wire.Results then
+                        raise (RemoteExceptions.decode env.Name typeof<'b> frames.Payload)
+            }
+
         task {
             let mutable failure: exn = null
 
             try
                 RemoteExceptions.warmUp ()
                 do! Policies.mapEach p true ready call env
+                do! release ()
             with e ->
-                failure <- e
+                failure <-
+                    match e with
+                    | :? StateFailureException as s -> s.InnerException
+                    | e -> e
 
             match failure with
             | null ->
@@ -173,6 +195,7 @@ module internal ProcessPolicyWorker =
                 | e when env.Ctx.IsStopEcho e -> ()
                 | e -> env.Ctx.Fail(env.Name, e)
 
-                do! drop (not token.IsCancellationRequested)
+                // A worker process with per-worker state gets 2 s to dispose it, also when stopped.
+                do! drop (stateful setup || not token.IsCancellationRequested)
                 ExceptionDispatchInfo.Throw e
         }

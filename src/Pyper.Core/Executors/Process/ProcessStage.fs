@@ -14,22 +14,29 @@ module internal ProcessWorkers =
     open ProcessConnection
 
     /// A map stage's worker: each batch through the worker process, results in input order.
+    /// A stage with per-worker state ends by releasing it (see `releaseState`).
     let processMap (setup: struct (byte * byte[])) (env: WorkerEnv<'a, 'b>) : Task =
         serve setup env (fun _ link ->
-            let frames = [| FrameBuffer(); FrameBuffer() |]
-            let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
-            let at = ref 0
+            task {
+                let frames = [| FrameBuffer(); FrameBuffer() |]
+                let scratch = Array.zeroCreate<'b> Tuning.MaxBatch
+                let at = ref 0
 
-            Loops.mapBatches
-                (fun input n output ->
-                    at.Value <- 0
+                do!
+                    Loops.mapBatches
+                        (fun input n output ->
+                            at.Value <- 0
 
-                    exchange env.Name link frames scratch input n (fun items k ->
-                        Array.Copy(items, 0, output, at.Value, k)
-                        Buffers.clear items k
-                        at.Value <- at.Value + k
-                        Task.CompletedTask))
-                env)
+                            exchange env.Name link frames scratch input n (fun items k ->
+                                Array.Copy(items, 0, output, at.Value, k)
+                                Buffers.clear items k
+                                at.Value <- at.Value + k
+                                Task.CompletedTask))
+                        env
+
+                if stateful setup then
+                    do! releaseState link
+            })
 
     /// A branch stage's worker: each batch through the worker process, its results handed on as
     /// their chunks come (ordered stages in their turn).
@@ -161,11 +168,11 @@ module internal ProcessWorkers =
 
 /// The process executor: each worker is an awaiting loop on the thread pool that hands batches to
 /// a worker process of its own (`ProcessWorkers.processMap`, or `processMapPolicy` under a timeout
-/// or failure policy) and waits for their results. `bound` is the bound argument's JSON, or null.
+/// or failure policy) and waits for their results. `setup` is the frame that sends a worker
+/// process its function (`ProcessConnection.setup` or `stateSetup`).
 [<Sealed>]
-type internal ProcessExecutor<'a, 'b>(shape: Shape, fref: FunctionRef, policy: StagePolicy<'a> option, bound: byte[]) =
+type internal ProcessExecutor<'a, 'b>(shape: Shape, setup: struct (byte * byte[]), policy: StagePolicy<'a> option) =
     inherit StageExecutor<'a, 'b>()
-    let setup = ProcessConnection.setup shape fref bound
     override _.Kind = Executor.Process
     override _.Quantum = Sizer.RemoteQuantum
 

@@ -41,6 +41,24 @@ module internal Wire =
     [<Literal>]
     let BriefFailure = 8uy
 
+    /// Like `Init`, for a map stage with per-worker state: `recycleAfter` (4 bytes; 0: never),
+    /// then the encodings of `init`, `f` and `dispose`, each after its length (4 bytes; a
+    /// `dispose` of length 0: none). The worker makes its state at once; a failure of `init`
+    /// answers the next Batch or Release (as `StateFailure`).
+    [<Literal>]
+    let InitState = 9uy
+
+    /// The parent's last frame to a worker with per-worker state whose stage ended cleanly (no
+    /// payload): the worker disposes its state and answers Results (no items) or `StateFailure`;
+    /// only then may the worker process park and serve another stage.
+    [<Literal>]
+    let Release = 10uy
+
+    /// A worker's `init` or `dispose` failed (the failure's full encoding): the run fails with it,
+    /// whatever the stage's `onError` says.
+    [<Literal>]
+    let StateFailure = 11uy
+
     /// FSharp.SystemTextJson for F# types only: asking it about every other type (int, arrays)
     /// would load F# reflection into each fresh worker process for nothing.
     [<Sealed>]
