@@ -15,6 +15,9 @@ using Pyper.Benchmarks;
 //   --loop-cpu <threads|processes|Channels> <items> <workers> <seconds>   scenario 4's CPU stage
 //   --loop-proc <records|ints> <items> <seconds>   scenario 5: items/s and the parent's CPU per item
 //   --loop-first <threads|async|Channels> <seconds>   the first result of a one-item, 3-stage run
+//   --loop-fail <runs>   how soon a worker's failure reaches the consumer: processes and threads
+if (args is ["--loop-fail", var failRuns])
+    return Fail.Loop(int.Parse(failRuns));
 if (args is ["--loop-first", var firstWho, var firstSeconds])
     return Loop.First(firstWho, TimeSpan.FromSeconds(int.Parse(firstSeconds)));
 if (args is ["--loop", var who, var workers, var seconds])

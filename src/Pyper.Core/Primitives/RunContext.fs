@@ -55,6 +55,9 @@ type internal RunContext(userToken: CancellationToken) =
     /// The task of the source's own thread or async loop (null for a run over one input).
     let mutable source: Task = null
     let mutable error: exn = null
+    /// While the first failure is provisional (a brief failure frame's exception): what completes
+    /// once its details have come (`Refine`) or will not; else null.
+    let mutable settling: Task = null
     let mutable stages = 0
     let mutable registration = Unchecked.defaultof<CancellationTokenRegistration>
     /// 1 once the token source is disposed: cancelling then is skipped rather than thrown and
@@ -90,12 +93,18 @@ type internal RunContext(userToken: CancellationToken) =
     member _.OnStart(start: unit -> unit) = starters.Add start
 
     /// Records a failure. The first one in time stops the run; later ones are attached to it.
-    member _.Fail(stage: string, e: exn) =
+    member this.Fail(stage: string, e: exn) = this.Fail(stage, e, null)
+
+    /// Records a failure that stands for another until `settled` completes (a worker process's
+    /// brief failure frame, until its full frame has come, or will not): it stops the run at once,
+    /// and `WhenErrorSettled` waits for `settled` while it is the run's first failure.
+    member _.Fail(stage: string, e: exn, settled: Task) =
         let first =
             lock sync (fun () ->
                 if isNull error then
                     tag e ErrorKeys.Stage stage
                     error <- e
+                    settling <- settled
                     telemetry.Failed stage
                     true
                 else
@@ -136,6 +145,7 @@ type internal RunContext(userToken: CancellationToken) =
                 | others -> tag e ErrorKeys.Others others
 
                 error <- e
+                settling <- null
             elif not (isNull error) then
                 match error.Data[ErrorKeys.Others] with
                 | :? List<exn> as others ->
@@ -145,6 +155,14 @@ type internal RunContext(userToken: CancellationToken) =
                         tag e ErrorKeys.Stage provisional.Data[ErrorKeys.Stage]
                         others[i] <- e
                 | _ -> ())
+
+    /// Completes once the run's first failure is final: at once, unless it is a provisional one
+    /// (see `Fail`) whose details may still come. The consumer raises the failure then, without
+    /// waiting for the workers to end (disposing the enumerator waits for them).
+    member _.WhenErrorSettled() : Task =
+        match lock sync (fun () -> settling) with
+        | null -> Task.CompletedTask
+        | t -> t
 
     /// Stops the run: every queue and turnstile wakes its waiters, who then leave.
     member _.Cancel() =

@@ -48,10 +48,19 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         ctx.Register final
         ctx.Start()
 
-    /// The run stopped: wait for every worker, then raise what stopped it.
+    /// The run stopped. A failure is raised as soon as it is final (a worker process's failure
+    /// once its details have come), while the workers stop: disposing the enumerator waits for
+    /// them (a `for` loop does before its exception leaves the loop). A cancellation is raised once
+    /// every worker has finished (a failure meanwhile is raised instead).
     let stopped () : Task<bool> =
         task {
-            do! finish ()
+            if isNull ctx.Error then
+                do! finish ()
+            else
+                // The end of the run starts now (it ends the run's telemetry even if the
+                // enumerator is never disposed); `Stop` awaits the same task.
+                finish () |> ignore
+                do! ctx.WhenErrorSettled()
 
             match ctx.Error with
             | null ->

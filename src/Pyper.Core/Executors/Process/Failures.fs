@@ -2,6 +2,7 @@ namespace Pyper
 
 open System
 open System.Reflection
+open System.Runtime.CompilerServices
 open System.Text.Json
 open System.Threading
 open Microsoft.FSharp.Reflection
@@ -57,6 +58,7 @@ module internal RemoteFailures =
         || t = typeof<TimeSpan>
 
     /// `v` as JSON of `t` (its declared type for an F# exception's field, else its own and plain).
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
     let internal value (t: Type) (v: obj) : RemoteValue option =
         match v with
         | null -> None
@@ -85,38 +87,54 @@ module internal RemoteFailures =
                 =
                 SourceConstructFlags.Exception)
 
+    /// An F# exception's fields (JSON: apart from `capture`, so that compiling `capture` does not
+    /// load the serializer, which cost a cold worker process tens of milliseconds at its first failure).
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
+    let private fsharpFields (t: Type) (e: exn) : RemoteValue list option =
+        let types = FSharpType.GetExceptionFields(t, true)
+        let values = FSharpValue.GetExceptionFields(e, true)
+
+        let json =
+            Array.map2
+                (fun (p: PropertyInfo) (v: obj) ->
+                    {
+                        Type = p.PropertyType.AssemblyQualifiedName
+                        Json = JsonSerializer.Serialize(v, p.PropertyType, Wire.options)
+                    })
+                types
+                values
+
+        Some(List.ofArray json)
+
+    /// The plain `Data` entries of `e` (apart from `capture`, like `fsharpFields`).
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
+    let private dataEntries (e: exn) : RemoteEntry list =
+        [
+            for k in e.Data.Keys do
+                match k, plainValue e.Data[k] with
+                | (:? string as k), Some v -> { Key = k; Value = v }
+                | _ -> ()
+        ]
+
     let rec private capture (depth: int) (e: exn) : RemoteFailure =
         let t = e.GetType()
 
+        let message =
+            safe (fun () -> e.Message) $"(the exception's Message threw) {t.FullName}"
+        // Without file names and line numbers: reading a cold worker's symbol files would
+        // delay the failure by 50-150 ms, while the other workers' results flow on.
+        let stackTrace =
+            safe (fun () -> Diagnostics.StackTrace(e, false).ToString().TrimEnd()) ""
+
         let fields =
-            safe
-                (fun () ->
-                    if isFSharpException t then
-                        let types = FSharpType.GetExceptionFields(t, true)
-                        let values = FSharpValue.GetExceptionFields(e, true)
+            safe (fun () -> if isFSharpException t then fsharpFields t e else None) None
 
-                        let json =
-                            Array.map2
-                                (fun (p: PropertyInfo) (v: obj) ->
-                                    Some
-                                        {
-                                            Type = p.PropertyType.AssemblyQualifiedName
-                                            Json = JsonSerializer.Serialize(v, p.PropertyType, Wire.options)
-                                        })
-                                types
-                                values
-
-                        Some(json |> Array.map Option.get |> List.ofArray)
-                    else
-                        None)
-                None
+        let data = safe (fun () -> if e.Data.Count = 0 then [] else dataEntries e) []
 
         {
             Type = t.AssemblyQualifiedName
-            Message = safe (fun () -> e.Message) $"(the exception's Message threw) {t.FullName}"
-            // Without file names and line numbers: reading a cold worker's symbol files would
-            // delay the failure by 50-150 ms, while the other workers' results flow on.
-            StackTrace = safe (fun () -> Diagnostics.StackTrace(e, false).ToString().TrimEnd()) ""
+            Message = message
+            StackTrace = stackTrace
             ParamName =
                 match e with
                 | :? ArgumentException as a -> safe (fun () -> Option.ofObj a.ParamName) None
@@ -130,16 +148,7 @@ module internal RemoteFailures =
                 | :? ArgumentOutOfRangeException as a -> safe (fun () -> plainValue a.ActualValue) None
                 | _ -> None
             HResult = e.HResult
-            Data =
-                safe
-                    (fun () ->
-                        [
-                            for k in e.Data.Keys do
-                                match k, plainValue e.Data[k] with
-                                | (:? string as k), Some v -> { Key = k; Value = v }
-                                | _ -> ()
-                        ])
-                    []
+            Data = data
             Fields = fields
             Inner =
                 match e.InnerException with
@@ -149,99 +158,98 @@ module internal RemoteFailures =
             Results = false
         }
 
-    // Written and read by hand: a serializer contract for these records would cost a cold
-    // worker (and the parent) the better part of a second at the first failure.
-    let private writeValue (w: Utf8JsonWriter) (name: string) (v: RemoteValue) =
-        w.WriteStartObject name
-        w.WriteString("type", v.Type)
-        w.WriteString("json", v.Json)
-        w.WriteEndObject()
+    // Written and read by hand, in a binary layout (`BinaryWriter`: length-prefixed UTF-8
+    // strings, little-endian numbers): a serializer contract for these records would cost a cold
+    // worker (and the parent) the better part of a second at the first failure, and even JSON
+    // written by hand cost a cold worker process 90-100 ms of a loaded machine (loading and
+    // compiling the JSON writer), while the run's consumer waited for these details.
+    let private writeString (w: IO.BinaryWriter) (s: string) =
+        w.Write(not (isNull s))
 
-    let rec private write (w: Utf8JsonWriter) (f: RemoteFailure) =
-        w.WriteString("type", f.Type)
-        w.WriteString("message", f.Message)
-        w.WriteString("stackTrace", f.StackTrace)
-        f.ParamName |> Option.iter (fun p -> w.WriteString("paramName", p))
-        f.ObjectName |> Option.iter (fun o -> w.WriteString("objectName", o))
-        f.ActualValue |> Option.iter (writeValue w "actualValue")
-        w.WriteNumber("hResult", f.HResult)
-        w.WriteStartArray "data"
+        if not (isNull s) then
+            w.Write s
+
+    let private writeValue (w: IO.BinaryWriter) (v: RemoteValue) =
+        writeString w v.Type
+        writeString w v.Json
+
+    let private writeOption (w: IO.BinaryWriter) (write: 'T -> unit) (v: 'T option) =
+        w.Write v.IsSome
+        Option.iter write v
+
+    let rec private write (w: IO.BinaryWriter) (f: RemoteFailure) =
+        writeString w f.Type
+        writeString w f.Message
+        writeString w f.StackTrace
+        writeOption w (writeString w) f.ParamName
+        writeOption w (writeString w) f.ObjectName
+        writeOption w (writeValue w) f.ActualValue
+        w.Write f.HResult
+        w.Write f.Data.Length
 
         for d in f.Data do
-            w.WriteStartObject()
-            w.WriteString("key", d.Key)
-            writeValue w "value" d.Value
-            w.WriteEndObject()
+            writeString w d.Key
+            writeValue w d.Value
 
-        w.WriteEndArray()
+        writeOption
+            w
+            (fun (fields: RemoteValue list) ->
+                w.Write fields.Length
+                List.iter (writeValue w) fields)
+            f.Fields
 
-        match f.Fields with
-        | Some fields ->
-            w.WriteStartArray "fields"
-
-            for v in fields do
-                w.WriteStartObject()
-                w.WriteString("type", v.Type)
-                w.WriteString("json", v.Json)
-                w.WriteEndObject()
-
-            w.WriteEndArray()
-        | None -> ()
-
-        match f.Inner with
-        | Some inner ->
-            w.WriteStartObject "inner"
-            write w inner
-            w.WriteEndObject()
-        | None -> ()
-
-        w.WriteBoolean("results", f.Results)
+        writeOption w (write w) f.Inner
+        w.Write f.Results
 
     let private toBytes (f: RemoteFailure) =
-        let buffer = Buffers.ArrayBufferWriter<byte>()
-        use w = new Utf8JsonWriter(buffer)
-        w.WriteStartObject()
+        use buffer = new IO.MemoryStream()
+        use w = new IO.BinaryWriter(buffer, Text.Encoding.UTF8)
         write w f
-        w.WriteEndObject()
         w.Flush()
-        buffer.WrittenSpan.ToArray()
+        buffer.ToArray()
 
-    let rec internal read (e: JsonElement) : RemoteFailure =
-        let prop (name: string) =
-            match e.TryGetProperty name with
-            | true, v when v.ValueKind <> JsonValueKind.Null -> Some v
-            | _ -> None
+    let private readString (r: IO.BinaryReader) =
+        if r.ReadBoolean() then r.ReadString() else null
 
-        let value (v: JsonElement) =
-            {
-                Type = v.GetProperty("type").GetString()
-                Json = v.GetProperty("json").GetString()
-            }
+    let private readValue (r: IO.BinaryReader) =
+        let t = readString r
+        { Type = t; Json = readString r }
+
+    let private readOption (r: IO.BinaryReader) (read: unit -> 'T) =
+        if r.ReadBoolean() then Some(read ()) else None
+
+    /// A failure from `encode`'s payload.
+    let rec internal read (r: IO.BinaryReader) : RemoteFailure =
+        let t = readString r
+        let message = readString r
+        let stackTrace = readString r
+        let paramName = readOption r (fun () -> readString r)
+        let objectName = readOption r (fun () -> readString r)
+        let actualValue = readOption r (fun () -> readValue r)
+        let hResult = r.ReadInt32()
+
+        let data =
+            List.init (r.ReadInt32()) (fun _ ->
+                let key = readString r
+                { Key = key; Value = readValue r })
+
+        let fields =
+            readOption r (fun () -> List.init (r.ReadInt32()) (fun _ -> readValue r))
+
+        let inner = readOption r (fun () -> read r)
 
         {
-            Type = e.GetProperty("type").GetString()
-            Message = e.GetProperty("message").GetString()
-            StackTrace =
-                prop "stackTrace"
-                |> Option.map (fun v -> v.GetString())
-                |> Option.defaultValue ""
-            ParamName = prop "paramName" |> Option.map (fun v -> v.GetString())
-            ObjectName = prop "objectName" |> Option.map (fun v -> v.GetString())
-            ActualValue = prop "actualValue" |> Option.map value
-            HResult = e.GetProperty("hResult").GetInt32()
-            Data =
-                [
-                    for d in e.GetProperty("data").EnumerateArray() do
-                        {
-                            Key = d.GetProperty("key").GetString()
-                            Value = value (d.GetProperty "value")
-                        }
-                ]
-            Fields =
-                prop "fields"
-                |> Option.map (fun v -> [ for x in v.EnumerateArray() -> value x ])
-            Inner = prop "inner" |> Option.map read
-            Results = e.GetProperty("results").GetBoolean()
+            Type = t
+            Message = message
+            StackTrace = if isNull stackTrace then "" else stackTrace
+            ParamName = paramName
+            ObjectName = objectName
+            ActualValue = actualValue
+            HResult = hResult
+            Data = data
+            Fields = fields
+            Inner = inner
+            Results = r.ReadBoolean()
         }
 
     /// The exception to describe, and whether it is about the results (not the function).
@@ -292,7 +300,9 @@ module internal RemoteFailures =
         let e, results = unwrap e
 
         try
-            toBytes { capture 0 e with Results = results }
+            let c = { capture 0 e with Results = results }
+            let b = toBytes c
+            b
         with _ ->
             toBytes
                 {

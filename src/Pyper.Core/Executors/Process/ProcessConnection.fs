@@ -112,25 +112,34 @@ module internal ProcessConnection =
                     let first =
                         RemoteExceptions.decodeBrief stage results (this.Reader.Payload.ToArray())
 
-                    ctx.Fail(stage, first)
-                    // The run's token is cancelled now: the full frame has a bound of its own.
-                    use wait = new CancellationTokenSource(FullFailureMilliseconds)
+                    // The consumer raises the failure once its details are in (or will not come).
+                    let settled =
+                        TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
-                    let! full =
-                        task {
-                            try
-                                return! this.Reader.ReadAsync wait.Token
-                            with
-                            | :? IOException
-                            | :? OperationCanceledException -> return false
-                        }
+                    ctx.Fail(stage, first, settled.Task)
 
-                    if full && this.Reader.Kind = Wire.Failure then
-                        let e = RemoteExceptions.decode stage results this.Reader.Payload
-                        ctx.Refine(first, e)
-                        return e
-                    else
-                        return first
+                    try
+                        // The run's token is cancelled now: the full frame has a bound of its own.
+                        use wait = new CancellationTokenSource(FullFailureMilliseconds)
+
+                        let! full =
+                            task {
+                                try
+                                    return! this.Reader.ReadAsync wait.Token
+                                with
+                                | :? IOException
+                                | :? OperationCanceledException -> return false
+                            }
+
+
+                        if full && this.Reader.Kind = Wire.Failure then
+                            let e = RemoteExceptions.decode stage results this.Reader.Payload
+                            ctx.Refine(first, e)
+                            return e
+                        else
+                            return first
+                    finally
+                        settled.TrySetResult() |> ignore
             }
 
         /// Writes a frame; a dead worker shows as a reset connection.

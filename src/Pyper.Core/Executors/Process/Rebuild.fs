@@ -202,9 +202,10 @@ module internal RemoteExceptions =
 
     /// The exception a worker's failure payload stands for, in stage `stage` whose results are `results`.
     let decode (stage: string) (results: Type) (payload: ReadOnlySpan<byte>) : exn =
-        let mutable reader = Utf8JsonReader payload
-        use doc = JsonDocument.ParseValue &reader
-        ofFailure stage results (read doc.RootElement)
+        use r =
+            new IO.BinaryReader(new IO.MemoryStream(payload.ToArray()), Text.Encoding.UTF8)
+
+        ofFailure stage results (read r)
 
     /// The exception a brief failure frame stands for (its type and message only), until the
     /// full frame comes.
