@@ -15,6 +15,7 @@ using Pyper.Benchmarks;
 //   --loop-cpu <threads|processes|Channels> <items> <workers> <seconds>   scenario 4's CPU stage
 //   --loop-proc <records|ints> <items> <seconds>   scenario 5: items/s and the parent's CPU per item
 //   --loop-first <threads|async|Channels> <seconds>   the first result of a one-item, 3-stage run
+//   --loop-first distributed <seconds>   the first result of a one-item run through one distributed stage
 if (args is ["--loop-first", var firstWho, var firstSeconds])
     return Loop.First(firstWho, TimeSpan.FromSeconds(int.Parse(firstSeconds)));
 if (args is ["--loop", var who, var workers, var seconds])

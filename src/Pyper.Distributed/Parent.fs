@@ -196,18 +196,21 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
         task {
             stop.Cancel()
 
+            // At once: each is a round trip, and deleting a file-stored stream takes the server a while.
             do!
-                Protocol.bestEffort 3.0 (fun ct ->
-                    js
-                        .PurgeStreamAsync(
-                            Protocol.StagesStream,
-                            StreamPurgeRequest(Filter = Protocol.stageSubject id),
-                            ct
-                        )
-                        .AsTask())
+                Task.WhenAll(
+                    Protocol.bestEffort 3.0 (fun ct ->
+                        js
+                            .PurgeStreamAsync(
+                                Protocol.StagesStream,
+                                StreamPurgeRequest(Filter = Protocol.stageSubject id),
+                                ct
+                            )
+                            .AsTask()),
+                    Protocol.bestEffort 3.0 (fun ct -> js.DeleteStreamAsync(Protocol.workStream id, ct).AsTask()),
+                    Protocol.bestEffort 3.0 (fun ct -> js.DeleteStreamAsync(Protocol.resultsStream id, ct).AsTask())
+                )
 
-            do! Protocol.bestEffort 3.0 (fun ct -> js.DeleteStreamAsync(Protocol.workStream id, ct).AsTask())
-            do! Protocol.bestEffort 3.0 (fun ct -> js.DeleteStreamAsync(Protocol.resultsStream id, ct).AsTask())
             do! Task.WhenAll(loops).ContinueWith(ignore)
             do! conn.DisposeAsync()
             stop.Dispose()
@@ -223,7 +226,6 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
 
             try
                 let ct = CancellationToken.None
-                do! Protocol.ensureStagesStream js ct
 
                 let work =
                     StreamConfig(
@@ -236,8 +238,6 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         Storage = StreamConfigStorage.File
                     )
 
-                let! _ = js.CreateStreamAsync(work, ct)
-
                 let consumer =
                     ConsumerConfig(
                         Protocol.WorkConsumer,
@@ -246,8 +246,6 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         MaxDeliver = int64 server.MaxDeliver,
                         MaxAckPending = int64 workers
                     )
-
-                let! _ = js.CreateOrUpdateConsumerAsync(Protocol.workStream id, consumer, ct)
 
                 let results =
                     StreamConfig(
@@ -258,20 +256,25 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         Storage = StreamConfigStorage.File
                     )
 
-                let! _ = js.CreateStreamAsync(results, ct)
-
-                let! _ =
-                    js.CreateOrUpdateConsumerAsync(
-                        Protocol.resultsStream id,
-                        ConsumerConfig(
-                            Protocol.ResultsConsumer,
-                            AckPolicy = ConsumerConfigAckPolicy.Explicit,
-                            // Results that reached a session cancelled by a reconnect come again soon
-                            // (a duplicate is dropped by batch id).
-                            AckWait = min server.AckWait (TimeSpan.FromSeconds 5.0)
-                        ),
-                        ct
+                let collector =
+                    ConsumerConfig(
+                        Protocol.ResultsConsumer,
+                        AckPolicy = ConsumerConfigAckPolicy.Explicit,
+                        // Results that reached a session cancelled by a reconnect come again soon
+                        // (a duplicate is dropped by batch id).
+                        AckWait = min server.AckWait (TimeSpan.FromSeconds 5.0)
                     )
+
+                // The announcements stream, the work queue and the results queue at once: the
+                // parent waits for the slowest chain of round trips, not for their sum.
+                let queue (config: StreamConfig) (consumer: ConsumerConfig) : Task =
+                    task {
+                        let! _ = js.CreateStreamAsync(config, ct)
+                        let! _ = js.CreateOrUpdateConsumerAsync(config.Name, consumer, ct)
+                        ()
+                    }
+
+                do! Task.WhenAll(Protocol.ensureStagesStream js ct, queue work consumer, queue results collector)
 
                 remote.StartLoops()
 
