@@ -14,9 +14,9 @@ open NATS.Client.JetStream
 open NATS.Client.JetStream.Models
 open Pyper
 
-/// One distributed stage in one run, on the parent's side: its streams, the results it waits
-/// for (by batch id) and the background loops that feed them. `Run` is the executor's unit:
-/// "run one batch remotely".
+/// One distributed stage in one run, on the parent's side: its consumer in the shared work
+/// stream, the results it waits for (by batch id) and the background loops that feed them. `Run`
+/// is the executor's unit: "run one batch remotely".
 [<Sealed; AllowNullLiteral>]
 type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, server: NatsServer, stage: string) =
     let pending = ConcurrentDictionary<int64, TaskCompletionSource<byte[]>>()
@@ -24,8 +24,27 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
     let mutable nextId = 0L
     let mutable fault: exn = null
     let loops = ResizeArray<Task>()
-    /// The results loop's current consumption, cancelled on a reconnect.
-    let mutable session: CancellationTokenSource = null
+    let mutable results: INatsSub<byte[]> = null
+
+    member private this.Gone(e: exn) =
+        this.Fault(
+            IOException(
+                $"Stage '{stage}': its queues are gone from the NATS server at {server.Url} (was it restarted without its storage?); the batches in flight are lost.",
+                e
+            )
+        )
+
+    /// True unless the server says the run's consumer no longer exists.
+    member private _.ConsumerExists() : Task<bool> =
+        task {
+            try
+                let! _ =
+                    js.GetConsumerAsync(Protocol.WorkStream, Protocol.workConsumer id, stop.Token)
+
+                return true
+            with e ->
+                return not (Protocol.isGone e)
+        }
 
     /// Fails every batch waiting now and every batch sent later with `e` (the first fault wins).
     member _.Fault(e: exn) =
@@ -58,83 +77,75 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
 
             let message = Protocol.frame 0uy batch items 0 items.Length
 
-            // A full queue ("maximum messages exceeded": backpressure) or a restarting server: try
-            // again shortly, for up to GiveUpAfter.
+            // A restarting server: try again shortly, for up to GiveUpAfter. The MsgId (unique
+            // across runs: the stream is shared) drops a repeat of a publish that did get stored.
             let! failure =
                 Protocol.publish
                     js
                     (Protocol.workSubject id)
                     message
-                    (string batch)
+                    $"{id}.{batch}"
                     server.GiveUpAfter
                     5
                     (fun () -> waiting.Task.IsCompleted)
                     token
 
             if not (isNull failure) then
-                this.Fault(
-                    IOException(
-                        $"Stage '{stage}': cannot publish to the NATS server at {server.Url}: {failure.Message}",
-                        failure
+                let! exists = this.ConsumerExists()
+
+                if not exists then
+                    this.Gone failure
+                else
+                    this.Fault(
+                        IOException(
+                            $"Stage '{stage}': cannot publish to the NATS server at {server.Url}: {failure.Message}",
+                            failure
+                        )
                     )
-                )
 
             use _ = token.Register(fun () -> waiting.TrySetCanceled token |> ignore)
             return! waiting.Task
         }
 
-    /// Consumes result frames; a fetch loop of its own that starts again after a server restart
-    /// (the health loop cancels the current session on a reconnect: a pull consumer may stop
-    /// receiving after one) and fails the stage when its queues are gone from the server.
-    member private this.ResultsLoop() : Task =
+    /// Takes result frames sent to the run's results subject (requests from workers) and replies
+    /// to each once it is handed over: only then does the worker ack its batch. The client
+    /// subscribes again by itself after a reconnect.
+    member private this.ResultsLoop(sub: INatsSub<byte[]>) : Task =
         task {
-            let mutable go = true
+            try
+                let reader = sub.Msgs
+                let mutable go = true
 
-            while go && not stop.IsCancellationRequested do
-                use current = CancellationTokenSource.CreateLinkedTokenSource stop.Token
-                Volatile.Write(&session, current)
+                while go do
+                    let! more = reader.WaitToReadAsync(stop.Token)
 
-                let! failure =
-                    task {
-                        try
-                            let! consumer =
-                                js.GetConsumerAsync(Protocol.resultsStream id, Protocol.ResultsConsumer, current.Token)
+                    if not more then
+                        go <- false
+                    else
+                        let mutable next = true
 
-                            let results =
-                                consumer.ConsumeAsync<byte[]>(
-                                    opts = NatsJSConsumeOpts(MaxMsgs = 64),
-                                    cancellationToken = current.Token
-                                )
+                        while next do
+                            match reader.TryRead() with
+                            | true, msg ->
+                                this.Dispatch msg.Data
 
-                            do!
-                                AsyncStream.forEach results current.Token (fun () -> Task.CompletedTask) (fun msg ->
-                                    this.Dispatch msg.Data
-                                    msg.AckAsync(cancellationToken = current.Token).AsTask())
-
-                            return null
-                        with e ->
-                            return e
-                    }
-
-                match failure with
-                | _ when stop.IsCancellationRequested -> go <- false
-                | e when Protocol.isGone e ->
-                    go <- false
-
-                    this.Fault(
-                        IOException(
-                            $"Stage '{stage}': its queues are gone from the NATS server at {server.Url} (was it restarted without its storage?); the batches in flight are lost.",
-                            e
-                        )
-                    )
-                | _ -> do! Task.Delay(50, stop.Token).ContinueWith(ignore)
+                                if not (String.IsNullOrEmpty msg.ReplyTo) then
+                                    do!
+                                        conn.PublishAsync(
+                                            msg.ReplyTo,
+                                            Array.empty<byte>,
+                                            cancellationToken = stop.Token
+                                        )
+                            | _ -> next <- false
+            with _ ->
+                ()
         }
 
     /// Fails the stage when the server reports a batch delivered MaxDeliver times without a result.
     member private this.PoisonLoop() : Task =
         task {
             let subject =
-                $"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{Protocol.workStream id}.{Protocol.WorkConsumer}"
+                $"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{Protocol.WorkStream}.{Protocol.workConsumer id}"
 
             try
                 let advisories =
@@ -156,7 +167,8 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                 ()
         }
 
-    /// Fails the stage when the server stays unreachable for GiveUpAfter (a hang guard, polled).
+    /// Fails the stage when the server stays unreachable for GiveUpAfter (a hang guard, polled),
+    /// or comes back without the run's consumer (restarted without its storage).
     member private this.HealthLoop() : Task =
         task {
             let down = Stopwatch()
@@ -167,13 +179,11 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
 
                     if conn.ConnectionState = NatsConnectionState.Open then
                         if down.IsRunning then
-                            // Back after a disconnect: consume results afresh.
-                            try
-                                (Volatile.Read &session).Cancel()
-                            with _ ->
-                                ()
+                            down.Reset()
+                            let! exists = this.ConsumerExists()
 
-                        down.Reset()
+                            if not exists then
+                                this.Gone null
                     elif not down.IsRunning then
                         down.Start()
                     elif down.Elapsed > server.GiveUpAfter then
@@ -186,17 +196,20 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                 ()
         }
 
-    member this.StartLoops() =
-        loops.Add(Task.Run(fun () -> this.ResultsLoop()))
+    member this.StartLoops(sub: INatsSub<byte[]>) =
+        results <- sub
+        loops.Add(Task.Run(fun () -> this.ResultsLoop sub))
         loops.Add(Task.Run(fun () -> this.PoisonLoop()))
         loops.Add(Task.Run(fun () -> this.HealthLoop()))
 
-    /// Stops the loops, deletes the stage's streams and its announcement, closes the connection.
+    /// Stops the loops, deletes the run's consumer, purges its work subject (batches an early stop
+    /// left) and its announcement, closes the connection. A worker still running a batch of the
+    /// run then finds no one taking its result and drops it: nothing of the run stays on the server.
     member _.DisposeAsync() : Task =
         task {
             stop.Cancel()
 
-            // At once: each is a round trip, and deleting a file-stored stream takes the server a while.
+            // At once: each is a round trip.
             do!
                 Task.WhenAll(
                     Protocol.bestEffort 3.0 (fun ct ->
@@ -207,16 +220,28 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                                 ct
                             )
                             .AsTask()),
-                    Protocol.bestEffort 3.0 (fun ct -> js.DeleteStreamAsync(Protocol.workStream id, ct).AsTask()),
-                    Protocol.bestEffort 3.0 (fun ct -> js.DeleteStreamAsync(Protocol.resultsStream id, ct).AsTask())
+                    Protocol.bestEffort 3.0 (fun ct ->
+                        js.DeleteConsumerAsync(Protocol.WorkStream, Protocol.workConsumer id, ct).AsTask()),
+                    Protocol.bestEffort 3.0 (fun ct ->
+                        js
+                            .PurgeStreamAsync(
+                                Protocol.WorkStream,
+                                StreamPurgeRequest(Filter = Protocol.workSubject id),
+                                ct
+                            )
+                            .AsTask())
                 )
+
+            if not (isNull results) then
+                do! Protocol.bestEffort 3.0 (fun _ -> results.DisposeAsync().AsTask())
 
             do! Task.WhenAll(loops).ContinueWith(ignore)
             do! conn.DisposeAsync()
             stop.Dispose()
         }
 
-    /// Connects, creates the stage's streams and consumer, announces the stage to workers.
+    /// Connects, makes sure of the shared streams (once per server and process), subscribes to
+    /// the run's results and creates its consumer at once, then announces the stage to workers.
     static member Start(server: NatsServer, stage: string, fref: FunctionRef, workers: int) : Task<RemoteStage> =
         task {
             let! conn = Protocol.connect server $"Stage '{stage}'"
@@ -227,56 +252,39 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
             try
                 let ct = CancellationToken.None
 
-                let work =
-                    StreamConfig(
-                        Protocol.workStream id,
-                        [| Protocol.workSubject id |],
-                        Retention = StreamConfigRetention.Workqueue,
-                        MaxMsgs = int64 (2 * workers),
-                        Discard = StreamConfigDiscard.New,
-                        MaxAge = Protocol.SafetyAge,
-                        Storage = StreamConfigStorage.File
-                    )
-
                 let consumer =
                     ConsumerConfig(
-                        Protocol.WorkConsumer,
+                        Protocol.workConsumer id,
+                        FilterSubject = Protocol.workSubject id,
                         AckPolicy = ConsumerConfigAckPolicy.Explicit,
                         AckWait = server.AckWait,
                         MaxDeliver = int64 server.MaxDeliver,
                         MaxAckPending = int64 workers
                     )
 
-                let results =
-                    StreamConfig(
-                        Protocol.resultsStream id,
-                        [| Protocol.resultsSubject id |],
-                        Retention = StreamConfigRetention.Workqueue,
-                        MaxAge = Protocol.SafetyAge,
-                        Storage = StreamConfigStorage.File
-                    )
-
-                let collector =
-                    ConsumerConfig(
-                        Protocol.ResultsConsumer,
-                        AckPolicy = ConsumerConfigAckPolicy.Explicit,
-                        // Results that reached a session cancelled by a reconnect come again soon
-                        // (a duplicate is dropped by batch id).
-                        AckWait = min server.AckWait (TimeSpan.FromSeconds 5.0)
-                    )
-
-                // The announcements stream, the work queue and the results queue at once: the
-                // parent waits for the slowest chain of round trips, not for their sum.
-                let queue (config: StreamConfig) (consumer: ConsumerConfig) : Task =
+                let createConsumer () : Task =
                     task {
-                        let! _ = js.CreateStreamAsync(config, ct)
-                        let! _ = js.CreateOrUpdateConsumerAsync(config.Name, consumer, ct)
+                        let! _ = js.CreateOrUpdateConsumerAsync(Protocol.WorkStream, consumer, ct)
                         ()
                     }
 
-                do! Task.WhenAll(Protocol.ensureStagesStream js ct, queue work consumer, queue results collector)
+                let subscribing =
+                    conn.SubscribeCoreAsync<byte[]>(Protocol.resultsSubject id, cancellationToken = ct).AsTask()
 
-                remote.StartLoops()
+                do! Protocol.ensureStreams js server.Url false ct
+
+                do!
+                    task {
+                        try
+                            do! createConsumer ()
+                        with e when Protocol.isGone e ->
+                            // The server lost the shared streams (restarted without its storage).
+                            do! Protocol.ensureStreams js server.Url true ct
+                            do! createConsumer ()
+                    }
+
+                let! sub = subscribing
+                remote.StartLoops sub
 
                 let mvid =
                     AppDomain.CurrentDomain.GetAssemblies()
@@ -288,9 +296,9 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                     {
                         Version = int Protocol.Version
                         Stage = stage
-                        WorkStream = Protocol.workStream id
+                        WorkStream = Protocol.WorkStream
                         WorkSubject = Protocol.workSubject id
-                        WorkConsumer = Protocol.WorkConsumer
+                        WorkConsumer = Protocol.workConsumer id
                         ResultsSubject = Protocol.resultsSubject id
                         AssemblyFile = Path.GetFileName fref.Assembly
                         AssemblyMvid = mvid
@@ -302,10 +310,25 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         AckWaitMilliseconds = int server.AckWait.TotalMilliseconds
                     }
 
-                let! ack =
-                    js.PublishAsync(Protocol.stageSubject id, Protocol.encode descriptor, cancellationToken = ct)
+                let announce () : Task =
+                    task {
+                        let! ack =
+                            js.PublishAsync(
+                                Protocol.stageSubject id,
+                                Protocol.encode descriptor,
+                                cancellationToken = ct
+                            )
 
-                ack.EnsureSuccess()
+                        ack.EnsureSuccess()
+                    }
+
+                try
+                    do! announce ()
+                with _ ->
+                    // The announcements stream was lost since this process made sure of it.
+                    do! Protocol.ensureStreams js server.Url true ct
+                    do! announce ()
+
                 return remote
             with e ->
                 do! remote.DisposeAsync()
