@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Pyper.Distributed;
 
 namespace Pyper.Benchmarks;
 
@@ -84,6 +85,17 @@ public static class Loop
     public static int First(string who, TimeSpan time)
     {
         int[] one = [1];
+        if (who == "distributed")
+        {
+            // One distributed stage (2 worker hosts, connected), as DistributedFirstResult measures it.
+            using var cluster = new NatsCluster(2);
+            if (cluster.Server is not { } server) return 1;
+            var distributed = Pyper.Pipeline.Start<int>().MapDistributed(DistributedThroughput.Inc, server);
+            var (n, took, used, _) = Repeat(() => Peers.RunCSharp(distributed, one).Result, time);
+            Console.WriteLine($"distributed: {n} runs, {took.TotalMilliseconds / n:F2} ms per run, CPU {used.TotalMilliseconds / n:F2} ms per run");
+            return 0;
+        }
+
         var threads = Peers.FSharpPipeline(3, 1, Stage.DefaultCapacity, Work.Of(x => x + 1));
         var async = Peers.CSharpPipeline(3, 1, Stage.DefaultCapacity, Work.Of(x => Task.FromResult(x + 1)));
         Func<long> once = who switch
@@ -91,7 +103,7 @@ public static class Loop
             "threads" => () => Peers.RunFSharp(threads, one),
             "async" => () => Peers.RunCSharp(async, one).Result,
             "Channels" => () => Peers.Channels(one, 3, 1, Stage.DefaultCapacity, Work.Of(x => x + 1)).Result,
-            _ => throw new ArgumentException($"--loop-first: unknown system '{who}' (threads, async, Channels)"),
+            _ => throw new ArgumentException($"--loop-first: unknown system '{who}' (threads, async, Channels, distributed)"),
         };
 
         var (runs, elapsed, cpu, allocated) = Repeat(once, time);

@@ -16,6 +16,7 @@ using Pyper.Benchmarks;
 //   --loop-proc <records|ints> <items> <seconds>   scenario 5: items/s and the parent's CPU per item
 //   --loop-first <threads|async|Channels> <seconds>   the first result of a one-item, 3-stage run
 //   --loop-fail <runs>   how soon a worker's failure reaches the consumer: processes and threads
+//   --loop-first distributed <seconds>   the first result of a one-item run through one distributed stage
 if (args is ["--loop-fail", var failRuns])
     return Fail.Loop(int.Parse(failRuns));
 if (args is ["--loop-first", var firstWho, var firstSeconds])

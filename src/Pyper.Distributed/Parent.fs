@@ -14,9 +14,9 @@ open NATS.Client.JetStream
 open NATS.Client.JetStream.Models
 open Pyper
 
-/// One distributed stage in one run, on the parent's side: its streams, the results it waits
-/// for (by batch id) and the background loops that feed them. `Run` is the executor's unit:
-/// "run one batch remotely".
+/// One distributed stage in one run, on the parent's side: its consumer in the shared work
+/// stream, the results it waits for (by batch id) and the background loops that feed them. `Run`
+/// is the executor's unit: "run one batch remotely".
 [<Sealed; AllowNullLiteral>]
 type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, server: NatsServer, stage: string) =
     let pending = ConcurrentDictionary<int64, TaskCompletionSource<byte[]>>()
@@ -24,8 +24,27 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
     let mutable nextId = 0L
     let mutable fault: exn = null
     let loops = ResizeArray<Task>()
-    /// The results loop's current consumption, cancelled on a reconnect.
-    let mutable session: CancellationTokenSource = null
+    let mutable results: INatsSub<byte[]> = null
+
+    member private this.Gone(e: exn) =
+        this.Fault(
+            IOException(
+                $"Stage '{stage}': its queues are gone from the NATS server at {server.Url} (was it restarted without its storage?); the batches in flight are lost.",
+                e
+            )
+        )
+
+    /// True unless the server says the run's consumer no longer exists.
+    member private _.ConsumerExists() : Task<bool> =
+        task {
+            try
+                let! _ =
+                    js.GetConsumerAsync(Protocol.WorkStream, Protocol.workConsumer id, stop.Token)
+
+                return true
+            with e ->
+                return not (Protocol.isGone e)
+        }
 
     /// Fails every batch waiting now and every batch sent later with `e` (the first fault wins).
     member _.Fault(e: exn) =
@@ -58,83 +77,75 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
 
             let message = Protocol.frame 0uy batch items 0 items.Length
 
-            // A full queue ("maximum messages exceeded": backpressure) or a restarting server: try
-            // again shortly, for up to GiveUpAfter.
+            // A restarting server: try again shortly, for up to GiveUpAfter. The MsgId (unique
+            // across runs: the stream is shared) drops a repeat of a publish that did get stored.
             let! failure =
                 Protocol.publish
                     js
                     (Protocol.workSubject id)
                     message
-                    (string batch)
+                    $"{id}.{batch}"
                     server.GiveUpAfter
                     5
                     (fun () -> waiting.Task.IsCompleted)
                     token
 
             if not (isNull failure) then
-                this.Fault(
-                    IOException(
-                        $"Stage '{stage}': cannot publish to the NATS server at {server.Url}: {failure.Message}",
-                        failure
+                let! exists = this.ConsumerExists()
+
+                if not exists then
+                    this.Gone failure
+                else
+                    this.Fault(
+                        IOException(
+                            $"Stage '{stage}': cannot publish to the NATS server at {server.Url}: {failure.Message}",
+                            failure
+                        )
                     )
-                )
 
             use _ = token.Register(fun () -> waiting.TrySetCanceled token |> ignore)
             return! waiting.Task
         }
 
-    /// Consumes result frames; a fetch loop of its own that starts again after a server restart
-    /// (the health loop cancels the current session on a reconnect: a pull consumer may stop
-    /// receiving after one) and fails the stage when its queues are gone from the server.
-    member private this.ResultsLoop() : Task =
+    /// Takes result frames sent to the run's results subject (requests from workers) and replies
+    /// to each once it is handed over: only then does the worker ack its batch. The client
+    /// subscribes again by itself after a reconnect.
+    member private this.ResultsLoop(sub: INatsSub<byte[]>) : Task =
         task {
-            let mutable go = true
+            try
+                let reader = sub.Msgs
+                let mutable go = true
 
-            while go && not stop.IsCancellationRequested do
-                use current = CancellationTokenSource.CreateLinkedTokenSource stop.Token
-                Volatile.Write(&session, current)
+                while go do
+                    let! more = reader.WaitToReadAsync(stop.Token)
 
-                let! failure =
-                    task {
-                        try
-                            let! consumer =
-                                js.GetConsumerAsync(Protocol.resultsStream id, Protocol.ResultsConsumer, current.Token)
+                    if not more then
+                        go <- false
+                    else
+                        let mutable next = true
 
-                            let results =
-                                consumer.ConsumeAsync<byte[]>(
-                                    opts = NatsJSConsumeOpts(MaxMsgs = 64),
-                                    cancellationToken = current.Token
-                                )
+                        while next do
+                            match reader.TryRead() with
+                            | true, msg ->
+                                this.Dispatch msg.Data
 
-                            do!
-                                AsyncStream.forEach results current.Token (fun () -> Task.CompletedTask) (fun msg ->
-                                    this.Dispatch msg.Data
-                                    msg.AckAsync(cancellationToken = current.Token).AsTask())
-
-                            return null
-                        with e ->
-                            return e
-                    }
-
-                match failure with
-                | _ when stop.IsCancellationRequested -> go <- false
-                | e when Protocol.isGone e ->
-                    go <- false
-
-                    this.Fault(
-                        IOException(
-                            $"Stage '{stage}': its queues are gone from the NATS server at {server.Url} (was it restarted without its storage?); the batches in flight are lost.",
-                            e
-                        )
-                    )
-                | _ -> do! Task.Delay(50, stop.Token).ContinueWith(ignore)
+                                if not (String.IsNullOrEmpty msg.ReplyTo) then
+                                    do!
+                                        conn.PublishAsync(
+                                            msg.ReplyTo,
+                                            Array.empty<byte>,
+                                            cancellationToken = stop.Token
+                                        )
+                            | _ -> next <- false
+            with _ ->
+                ()
         }
 
     /// Fails the stage when the server reports a batch delivered MaxDeliver times without a result.
     member private this.PoisonLoop() : Task =
         task {
             let subject =
-                $"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{Protocol.workStream id}.{Protocol.WorkConsumer}"
+                $"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{Protocol.WorkStream}.{Protocol.workConsumer id}"
 
             try
                 let advisories =
@@ -156,7 +167,8 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                 ()
         }
 
-    /// Fails the stage when the server stays unreachable for GiveUpAfter (a hang guard, polled).
+    /// Fails the stage when the server stays unreachable for GiveUpAfter (a hang guard, polled),
+    /// or comes back without the run's consumer (restarted without its storage).
     member private this.HealthLoop() : Task =
         task {
             let down = Stopwatch()
@@ -167,13 +179,11 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
 
                     if conn.ConnectionState = NatsConnectionState.Open then
                         if down.IsRunning then
-                            // Back after a disconnect: consume results afresh.
-                            try
-                                (Volatile.Read &session).Cancel()
-                            with _ ->
-                                ()
+                            down.Reset()
+                            let! exists = this.ConsumerExists()
 
-                        down.Reset()
+                            if not exists then
+                                this.Gone null
                     elif not down.IsRunning then
                         down.Start()
                     elif down.Elapsed > server.GiveUpAfter then
@@ -186,34 +196,52 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                 ()
         }
 
-    member this.StartLoops() =
-        loops.Add(Task.Run(fun () -> this.ResultsLoop()))
+    member this.StartLoops(sub: INatsSub<byte[]>) =
+        results <- sub
+        loops.Add(Task.Run(fun () -> this.ResultsLoop sub))
         loops.Add(Task.Run(fun () -> this.PoisonLoop()))
         loops.Add(Task.Run(fun () -> this.HealthLoop()))
 
-    /// Stops the loops, deletes the stage's streams and its announcement, closes the connection.
+    /// Stops the loops, deletes the run's consumer, purges its work subject (batches an early stop
+    /// left) and its announcement, closes the connection. A worker still running a batch of the
+    /// run then finds no one taking its result and drops it: nothing of the run stays on the server.
     member _.DisposeAsync() : Task =
         task {
             stop.Cancel()
 
+            // At once: each is a round trip.
             do!
-                Protocol.bestEffort 3.0 (fun ct ->
-                    js
-                        .PurgeStreamAsync(
-                            Protocol.StagesStream,
-                            StreamPurgeRequest(Filter = Protocol.stageSubject id),
-                            ct
-                        )
-                        .AsTask())
+                Task.WhenAll(
+                    Protocol.bestEffort 3.0 (fun ct ->
+                        js
+                            .PurgeStreamAsync(
+                                Protocol.StagesStream,
+                                StreamPurgeRequest(Filter = Protocol.stageSubject id),
+                                ct
+                            )
+                            .AsTask()),
+                    Protocol.bestEffort 3.0 (fun ct ->
+                        js.DeleteConsumerAsync(Protocol.WorkStream, Protocol.workConsumer id, ct).AsTask()),
+                    Protocol.bestEffort 3.0 (fun ct ->
+                        js
+                            .PurgeStreamAsync(
+                                Protocol.WorkStream,
+                                StreamPurgeRequest(Filter = Protocol.workSubject id),
+                                ct
+                            )
+                            .AsTask())
+                )
 
-            do! Protocol.bestEffort 3.0 (fun ct -> js.DeleteStreamAsync(Protocol.workStream id, ct).AsTask())
-            do! Protocol.bestEffort 3.0 (fun ct -> js.DeleteStreamAsync(Protocol.resultsStream id, ct).AsTask())
+            if not (isNull results) then
+                do! Protocol.bestEffort 3.0 (fun _ -> results.DisposeAsync().AsTask())
+
             do! Task.WhenAll(loops).ContinueWith(ignore)
             do! conn.DisposeAsync()
             stop.Dispose()
         }
 
-    /// Connects, creates the stage's streams and consumer, announces the stage to workers.
+    /// Connects, makes sure of the shared streams (once per server and process), subscribes to
+    /// the run's results and creates its consumer at once, then announces the stage to workers.
     static member Start(server: NatsServer, stage: string, fref: FunctionRef, workers: int) : Task<RemoteStage> =
         task {
             let! conn = Protocol.connect server $"Stage '{stage}'"
@@ -223,57 +251,40 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
 
             try
                 let ct = CancellationToken.None
-                do! Protocol.ensureStagesStream js ct
-
-                let work =
-                    StreamConfig(
-                        Protocol.workStream id,
-                        [| Protocol.workSubject id |],
-                        Retention = StreamConfigRetention.Workqueue,
-                        MaxMsgs = int64 (2 * workers),
-                        Discard = StreamConfigDiscard.New,
-                        MaxAge = Protocol.SafetyAge,
-                        Storage = StreamConfigStorage.File
-                    )
-
-                let! _ = js.CreateStreamAsync(work, ct)
 
                 let consumer =
                     ConsumerConfig(
-                        Protocol.WorkConsumer,
+                        Protocol.workConsumer id,
+                        FilterSubject = Protocol.workSubject id,
                         AckPolicy = ConsumerConfigAckPolicy.Explicit,
                         AckWait = server.AckWait,
                         MaxDeliver = int64 server.MaxDeliver,
                         MaxAckPending = int64 workers
                     )
 
-                let! _ = js.CreateOrUpdateConsumerAsync(Protocol.workStream id, consumer, ct)
+                let createConsumer () : Task =
+                    task {
+                        let! _ = js.CreateOrUpdateConsumerAsync(Protocol.WorkStream, consumer, ct)
+                        ()
+                    }
 
-                let results =
-                    StreamConfig(
-                        Protocol.resultsStream id,
-                        [| Protocol.resultsSubject id |],
-                        Retention = StreamConfigRetention.Workqueue,
-                        MaxAge = Protocol.SafetyAge,
-                        Storage = StreamConfigStorage.File
-                    )
+                let subscribing =
+                    conn.SubscribeCoreAsync<byte[]>(Protocol.resultsSubject id, cancellationToken = ct).AsTask()
 
-                let! _ = js.CreateStreamAsync(results, ct)
+                do! Protocol.ensureStreams js server.Url false ct
 
-                let! _ =
-                    js.CreateOrUpdateConsumerAsync(
-                        Protocol.resultsStream id,
-                        ConsumerConfig(
-                            Protocol.ResultsConsumer,
-                            AckPolicy = ConsumerConfigAckPolicy.Explicit,
-                            // Results that reached a session cancelled by a reconnect come again soon
-                            // (a duplicate is dropped by batch id).
-                            AckWait = min server.AckWait (TimeSpan.FromSeconds 5.0)
-                        ),
-                        ct
-                    )
+                do!
+                    task {
+                        try
+                            do! createConsumer ()
+                        with e when Protocol.isGone e ->
+                            // The server lost the shared streams (restarted without its storage).
+                            do! Protocol.ensureStreams js server.Url true ct
+                            do! createConsumer ()
+                    }
 
-                remote.StartLoops()
+                let! sub = subscribing
+                remote.StartLoops sub
 
                 let mvid =
                     AppDomain.CurrentDomain.GetAssemblies()
@@ -285,9 +296,9 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                     {
                         Version = int Protocol.Version
                         Stage = stage
-                        WorkStream = Protocol.workStream id
+                        WorkStream = Protocol.WorkStream
                         WorkSubject = Protocol.workSubject id
-                        WorkConsumer = Protocol.WorkConsumer
+                        WorkConsumer = Protocol.workConsumer id
                         ResultsSubject = Protocol.resultsSubject id
                         AssemblyFile = Path.GetFileName fref.Assembly
                         AssemblyMvid = mvid
@@ -299,10 +310,25 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         AckWaitMilliseconds = int server.AckWait.TotalMilliseconds
                     }
 
-                let! ack =
-                    js.PublishAsync(Protocol.stageSubject id, Protocol.encode descriptor, cancellationToken = ct)
+                let announce () : Task =
+                    task {
+                        let! ack =
+                            js.PublishAsync(
+                                Protocol.stageSubject id,
+                                Protocol.encode descriptor,
+                                cancellationToken = ct
+                            )
 
-                ack.EnsureSuccess()
+                        ack.EnsureSuccess()
+                    }
+
+                try
+                    do! announce ()
+                with _ ->
+                    // The announcements stream was lost since this process made sure of it.
+                    do! Protocol.ensureStreams js server.Url true ct
+                    do! announce ()
+
                 return remote
             with e ->
                 do! remote.DisposeAsync()
@@ -315,125 +341,3 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         )
                     )
         }
-
-/// The stages' shared remote state: one RemoteStage per stage and run, made by its first worker
-/// loop and closed by its last.
-module internal RemoteStages =
-    [<AllowNullLiteral>]
-    type private Shared(start: Lazy<Task<RemoteStage>>) =
-        member val Users = 0 with get, set
-        member _.Stage = start
-
-    let private table = ConditionalWeakTable<obj, Shared>()
-
-    let private enter (key: obj) (start: unit -> Task<RemoteStage>) =
-        lock table (fun () ->
-            let shared =
-                match table.TryGetValue key with
-                | true, s -> s
-                | _ ->
-                    let s = Shared(lazy (start ()))
-                    table.Add(key, s)
-                    s
-
-            shared.Users <- shared.Users + 1
-            shared)
-
-    let private leave (key: obj) (shared: Shared) : Task =
-        let last =
-            lock table (fun () ->
-                shared.Users <- shared.Users - 1
-
-                if shared.Users = 0 then
-                    table.Remove key |> ignore
-                    true
-                else
-                    false)
-
-        if last && shared.Stage.IsValueCreated then
-            task {
-                try
-                    let! remote = shared.Stage.Value
-                    do! remote.DisposeAsync()
-                with _ ->
-                    () // it never started: its own start cleaned up
-            }
-        else
-            Task.CompletedTask
-
-    /// Runs `body` with the stage's RemoteStage (started by the first caller), then leaves it
-    /// (the last one out closes it) — also when `body` fails.
-    let using (key: obj) (start: unit -> Task<RemoteStage>) (body: RemoteStage -> Task) : Task =
-        task {
-            let shared = enter key start
-            let mutable failure: ExceptionDispatchInfo = null
-
-            try
-                let! remote = shared.Stage.Value
-                do! body remote
-            with e ->
-                failure <- ExceptionDispatchInfo.Capture e
-
-            do! leave key shared
-
-            if not (isNull failure) then
-                failure.Throw()
-        }
-
-/// A distributed map stage's worker loop on the parent's side: `Loops.mapBatches` with a batch
-/// runner that sends each batch through the stage's RemoteStage.
-module internal ParentSide =
-    let body<'a, 'b> (server: NatsServer) (workers: int) (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
-        RemoteStages.using env (fun () -> RemoteStage.Start(server, env.Name, fref, workers)) (fun remote ->
-            WireWarmUp.arrays<'a, 'b>()
-            let token = env.Ctx.Token
-
-            let runBatch (input: 'a[]) (n: int) (output: 'b[]) : Task<int64> =
-                task {
-                    let items =
-                        try
-                            JsonSerializer.SerializeToUtf8Bytes(Array.sub input 0 n, Wire.options)
-                        with e ->
-                            raise (
-                                NotSupportedException(
-                                    $"Stage '{env.Name}': an item of type {typeof<'a>} cannot be sent to a worker process: {e.Message}",
-                                    e
-                                )
-                            )
-
-                    let! reply = remote.Run(items, token)
-                    let kind, _ = Protocol.header reply
-
-                    if kind = Protocol.Results then
-                        // The function's time in the worker (TimeSpan ticks, 8 bytes), then the results.
-                        let cost =
-                            System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(ReadOnlySpan(reply, 10, 8))
-
-                        let results =
-                            JsonSerializer.Deserialize<'b[]>(ReadOnlySpan(reply, 18, reply.Length - 18), Wire.options)
-
-                        Array.blit results 0 output 0 n
-                        return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
-                    else
-                        return
-                            raise (
-                                RemoteExceptions.decode
-                                    env.Name
-                                    typeof<'b>
-                                    (ReadOnlySpan(reply, 10, reply.Length - 10))
-                            )
-                }
-
-            Loops.mapBatches runBatch env)
-
-/// The distributed executor: each of a stage's workers is an awaiting loop on the thread pool that
-/// sends batches through the stage's JetStream streams (`ParentSide.body`) to whichever worker
-/// processes serve it, on any machine.
-[<Sealed>]
-type internal DistributedExecutor<'a, 'b>(server: NatsServer, workers: int, fref: FunctionRef) =
-    inherit StageExecutor<'a, 'b>()
-    override _.Kind = Executor.Distributed
-    override _.Quantum = Sizer.RemoteQuantum
-
-    override _.Start(env, ended) =
-        env.Ctx.StartTask((fun () -> ParentSide.body server workers fref env), ended)

@@ -11,20 +11,21 @@ open NATS.Client.JetStream
 open NATS.Client.JetStream.Models
 open Pyper
 
-/// What a distributed stage publishes so that workers on any machine can serve it: its queues
-/// and its function (an assembly file name, found in the worker's `--assemblies` folder, with the
-/// parent's build id, and the metadata tokens of `FunctionRef`).
+/// What a distributed stage publishes so that workers on any machine can serve it: its queue,
+/// where results go, and its function (an assembly file name, found in the worker's `--assemblies`
+/// folder, with the parent's build id, and the metadata tokens of `FunctionRef`).
 type internal StageDescriptor =
     {
         /// The message format's version (`Protocol.Version`); a worker skips any other.
         Version: int
         /// The stage's name in its run (for workers' log lines).
         Stage: string
-        /// The work stream and its subject; the durable consumer all workers share.
+        /// The shared work stream, the run's subject in it and the run's durable consumer, which
+        /// all workers share.
         WorkStream: string
         WorkSubject: string
         WorkConsumer: string
-        /// Where workers publish results.
+        /// Where workers send results: a request to the parent, which replies once it has the result.
         ResultsSubject: string
         AssemblyFile: string
         /// The parent's build of the assembly: a worker with another build does not serve the stage.
@@ -40,14 +41,17 @@ type internal StageDescriptor =
     }
 
 /// Names, frames and the shared set-up of the distributed executor's use of JetStream.
-/// Per run and stage (a fresh id): a work stream (work-queue retention, bounded, Discard=New,
-/// one durable pull consumer shared by all workers) and a results stream (work-queue retention,
-/// one consumer: the parent); the stage's descriptor is the last message on its subject of the
-/// shared announcements stream `PYPER_STAGES`, which workers follow.
+/// Two streams are shared by every run on a server and created once: `PYPER_WORK` (work-queue
+/// retention, file storage) and the announcements `PYPER_STAGES`. Per run and stage (a fresh id):
+/// a subject in `PYPER_WORK` with one durable pull consumer filtered on it (shared by all workers),
+/// a core subject on which the parent takes results as requests and replies once it has them, and
+/// the stage's descriptor, the last message on its subject of `PYPER_STAGES`, which workers follow.
+/// A run ends by deleting its consumer and purging its subjects: nothing of it is left, and no
+/// stream is created or deleted per run (a file-stored stream costs the server milliseconds each).
 module internal Protocol =
     /// The format version of descriptors and frames.
     [<Literal>]
-    let Version = 2uy
+    let Version = 3uy
 
     [<Literal>]
     let StagesStream = "PYPER_STAGES"
@@ -56,10 +60,10 @@ module internal Protocol =
     let StagesPrefix = "pyper.stages."
 
     [<Literal>]
-    let WorkConsumer = "workers"
+    let WorkStream = "PYPER_WORK"
 
     [<Literal>]
-    let ResultsConsumer = "parent"
+    let WorkPrefix = "pyper.work."
 
     /// Frame kinds of a result message.
     [<Literal>]
@@ -71,10 +75,9 @@ module internal Protocol =
     /// Messages left by a parent that died without cleaning up expire after this.
     let SafetyAge = TimeSpan.FromHours 24.0
 
-    let workStream (id: string) = $"PYPER_{id}"
-    let resultsStream (id: string) = $"PYPER_{id}_R"
-    let workSubject (id: string) = $"pyper.{id}.work"
-    let resultsSubject (id: string) = $"pyper.{id}.results"
+    let workSubject (id: string) = WorkPrefix + id
+    let workConsumer (id: string) = $"w{id}"
+    let resultsSubject (id: string) = $"pyper.results.{id}"
     let stageSubject (id: string) = StagesPrefix + id
 
     /// A frame: version, kind, batch id (8 bytes, little-endian), payload.
@@ -113,21 +116,61 @@ module internal Protocol =
                 return raise (IOException($"{who}: cannot connect to the NATS server at {server.Url}: {e.Message}", e))
         }
 
+    /// Creates a shared stream, or brings an existing one to this configuration.
+    let private ensure (js: NatsJSContext) (config: StreamConfig) (ct: CancellationToken) : Task =
+        task {
+            try
+                // Creating a stream that exists with the same configuration is a no-op on the server.
+                let! _ = js.CreateStreamAsync(config, ct)
+                ()
+            with :? NatsJSApiException ->
+                let! _ = js.CreateOrUpdateStreamAsync(config, ct)
+                ()
+        }
+
     /// The announcements stream (the same configuration from every parent and worker).
     let ensureStagesStream (js: NatsJSContext) (ct: CancellationToken) : Task =
-        task {
-            let config =
-                StreamConfig(
-                    StagesStream,
-                    [| StagesPrefix + ">" |],
-                    MaxMsgsPerSubject = 1L,
-                    MaxAge = SafetyAge,
-                    Storage = StreamConfigStorage.File
-                )
+        ensure
+            js
+            (StreamConfig(
+                StagesStream,
+                [| StagesPrefix + ">" |],
+                MaxMsgsPerSubject = 1L,
+                MaxAge = SafetyAge,
+                Storage = StreamConfigStorage.File
+            ))
+            ct
 
-            let! _ = js.CreateOrUpdateStreamAsync(config, ct)
-            ()
-        }
+    /// The shared work stream. Items in flight are bounded per run by the parent (each of its
+    /// `workers` loops waits for its batch's result before sending another) and by the run's
+    /// consumer (`MaxAckPending`), not by the stream, which all runs share.
+    let ensureWorkStream (js: NatsJSContext) (ct: CancellationToken) : Task =
+        ensure
+            js
+            (StreamConfig(
+                WorkStream,
+                [| WorkPrefix + ">" |],
+                Retention = StreamConfigRetention.Workqueue,
+                MaxAge = SafetyAge,
+                Storage = StreamConfigStorage.File
+            ))
+            ct
+
+    /// The servers (by URL) on which this process has made sure of the shared streams; a server
+    /// that lost them (restarted without its storage) is detected when a run's consumer cannot be
+    /// created, and they are made again.
+    let private ensured =
+        System.Collections.Concurrent.ConcurrentDictionary<string, bool>()
+
+    /// Both shared streams, at once; skipped when done before for `url`, unless `again`.
+    let ensureStreams (js: NatsJSContext) (url: string) (again: bool) (ct: CancellationToken) : Task =
+        if not again && ensured.ContainsKey url then
+            Task.CompletedTask
+        else
+            task {
+                do! Task.WhenAll(ensureStagesStream js ct, ensureWorkStream js ct)
+                ensured[url] <- true
+            }
 
     /// True when `e` says the stream (or its consumer) no longer exists.
     let isGone (e: exn) =
@@ -184,6 +227,56 @@ module internal Protocol =
                     | _ when token.IsCancellationRequested -> token.ThrowIfCancellationRequested()
                     | e when isGone e || clock.Elapsed > giveUpAfter -> outcome <- Some e
                     | _ -> do! Task.Delay(pause, token)
+
+            return outcome.Value
+        }
+
+    /// Sends a result to the parent as a request until the parent replies that it has it, retrying
+    /// every `pause` ms while the server restarts or the parent reconnects. Returns null once
+    /// delivered, and the last error when `wanted ()` says the run is over (its consumer is gone)
+    /// or the parent kept failing for `giveUpAfter`.
+    let deliver
+        (conn: INatsConnection)
+        (subject: string)
+        (data: byte[])
+        (giveUpAfter: TimeSpan)
+        (pause: int)
+        (wanted: unit -> Task<bool>)
+        (token: CancellationToken)
+        : Task<exn> =
+        task {
+            let opts = NatsSubOpts(ThrowIfNoResponders = true)
+            let clock = Stopwatch.StartNew()
+            let mutable outcome: exn option = None
+
+            while outcome.IsNone do
+                let! failure =
+                    task {
+                        try
+                            let! _ =
+                                conn.RequestAsync<byte[], byte[]>(
+                                    subject,
+                                    data,
+                                    replyOpts = opts,
+                                    cancellationToken = token
+                                )
+
+                            return null
+                        with e ->
+                            return e
+                    }
+
+                match failure with
+                | null -> outcome <- Some null
+                | _ when token.IsCancellationRequested -> token.ThrowIfCancellationRequested()
+                | e when clock.Elapsed > giveUpAfter -> outcome <- Some e
+                | e ->
+                    let! still = wanted ()
+
+                    if still then
+                        do! Task.Delay(pause, token)
+                    else
+                        outcome <- Some e
 
             return outcome.Value
         }

@@ -12,8 +12,8 @@ open NATS.Client.JetStream.Models
 open Pyper
 
 /// The worker's side: follows the stage announcements and serves each stage whose function it can
-/// load, running `parallelism` batches of it at once. A batch's result is published (durably, with
-/// the batch id as MsgId) before the batch is acked, so a worker killed at any point loses nothing.
+/// load, running `parallelism` batches of it at once. A batch is acked only once the parent has
+/// replied that it has the batch's result, so a worker killed at any point loses nothing.
 module internal WorkerLoop =
     /// The function of a stage, from the worker's assemblies folder (or already loaded, same build).
     let private runnerOf (assemblies: string) (d: StageDescriptor) : Result<IBatchRunner, string> =
@@ -98,10 +98,21 @@ module internal WorkerLoop =
                 )
 
             let result = Protocol.frame kind batch reply 0 reply.Length
-            // A restarting server: the result must get out, within GiveUpAfter; a deleted stream
-            // means the run is over.
+
+            let runGoesOn () : Task<bool> =
+                task {
+                    try
+                        let! _ = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
+                        return true
+                    with e ->
+                        return not (Protocol.isGone e)
+                }
+
+            // The parent replies once it has the result; a restarting server or a reconnecting
+            // parent: the result must get out, within GiveUpAfter. A deleted consumer means the
+            // run is over and nobody wants it.
             let! failure =
-                Protocol.publish js d.ResultsSubject result (string batch) giveUpAfter 50 (fun () -> false) token
+                Protocol.deliver js.Connection d.ResultsSubject result giveUpAfter 50 runGoesOn token
 
             if not (isNull failure) then
                 raise failure
@@ -110,7 +121,7 @@ module internal WorkerLoop =
             do! msg.AckAsync(cancellationToken = token)
         }
 
-    /// Serves one stage until its stream is deleted (the run ended) or `token` is cancelled.
+    /// Serves one stage until its consumer is deleted (the run ended) or `token` is cancelled.
     let private serveStage
         (js: NatsJSContext)
         (giveUpAfter: TimeSpan)
@@ -142,7 +153,7 @@ module internal WorkerLoop =
                     | _ ->
                         // A server restart, or a deleted consumer: is the stage still there?
                         try
-                            let! _ = js.GetStreamAsync(d.WorkStream, cancellationToken = token)
+                            let! _ = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
                             do! Task.Delay(100, token)
                         with _ ->
                             go <- false
@@ -182,18 +193,18 @@ module internal WorkerLoop =
                         if d.Version <> int Protocol.Version then
                             log
                                 $"skipping stage '{d.Stage}': message format {d.Version}, this worker speaks {Protocol.Version}"
-                        elif not (serving.ContainsKey d.WorkStream) then
+                        elif not (serving.ContainsKey d.WorkConsumer) then
                             match runnerOf assemblies d with
                             | Error why -> log $"skipping stage '{d.Stage}': {why}"
                             | Ok runner ->
                                 log $"serving stage '{d.Stage}'"
 
-                                serving[d.WorkStream] <-
+                                serving[d.WorkConsumer] <-
                                     task {
                                         try
                                             do! serveStage js server.GiveUpAfter d runner parallelism token
                                         finally
-                                            serving.TryRemove d.WorkStream |> ignore
+                                            serving.TryRemove d.WorkConsumer |> ignore
                                     }
                     with e ->
                         log $"skipping an announcement: {e.Message}"

@@ -135,7 +135,9 @@ type NatsFixture(?user: string * string) =
 
         start ()
 
-    /// The names of the streams on the server, and how many messages PYPER_STAGES holds.
+    /// What runs left on the server: the names of the streams other than the shared ones, a line
+    /// for the shared work stream when it holds messages or consumers, and how many messages
+    /// PYPER_STAGES holds.
     member this.Leftovers() =
         withinGuard "listing streams" (fun () ->
             task {
@@ -156,8 +158,30 @@ type NatsFixture(?user: string * string) =
                     else
                         Task.FromResult 0L
 
+                let! work =
+                    if names.Contains Protocol.WorkStream then
+                        task {
+                            let! work = js.GetStreamAsync Protocol.WorkStream
+                            let state = work.Info.State
+
+                            if state.Messages = 0L && state.ConsumerCount = 0L then
+                                return []
+                            else
+                                return
+                                    [
+                                        $"{Protocol.WorkStream}: {state.Messages} messages, {state.ConsumerCount} consumers"
+                                    ]
+                        }
+                    else
+                        Task.FromResult []
+
                 do! conn.DisposeAsync()
-                return List.ofSeq names |> List.filter ((<>) Protocol.StagesStream), announced
+
+                let others =
+                    List.ofSeq names
+                    |> List.filter (fun n -> n <> Protocol.StagesStream && n <> Protocol.WorkStream)
+
+                return others @ work, announced
             })
 
     interface IDisposable with
@@ -237,7 +261,7 @@ let withCluster (n: int) (body: NatsFixture -> WorkerHostProcess list -> unit) (
     try
         body fixture workers
         let streams, announced = fixture.Leftovers()
-        Expect.isEmpty streams "the run's streams are deleted"
+        Expect.isEmpty streams "the run's streams, consumers and messages are deleted"
         Expect.equal announced 0L "the stage announcement is removed"
     finally
         for w in workers do
@@ -255,6 +279,19 @@ let private available =
 
             let ordered = Stage.distributed (Remote.slow, f.Server, workers = 4, ordered = true)
             Expect.equal (collect (Pipeline.toSeqFrom [ 1..60 ] ordered)) [ 1..60 ] "in input order")
+
+        distributedTest "two runs at once share the server's work stream but not their items" 2 (fun f _ ->
+            // The same pipeline run twice at once: each run has its own subject and consumer.
+            let p = Stage.distributed (Remote.square, f.Server, workers = 3)
+
+            let run (xs: int list) =
+                Task.Run(fun () -> Pipeline.toSeqFrom xs p |> List.ofSeq)
+
+            let both =
+                withinGuard "two runs at once" (fun () -> Task.WhenAll(run [ 1..300 ], run [ 1001..1300 ]))
+
+            Expect.equal (sorted both[0]) (List.map Remote.square [ 1..300 ]) "the first run's results, once each"
+            Expect.equal (sorted both[1]) (List.map Remote.square [ 1001..1300 ]) "the second run's results, once each")
 
         distributedTest "the first failure stops the run with its original type and the stage's name" 2 (fun f _ ->
             let p =
