@@ -75,6 +75,45 @@ module internal Build =
 
         StageInfo.create name kind executor workers capacity ordered
 
+    /// A map stage's options as the user gave them; each is checked where it is used (`mapInfo`,
+    /// `policyOf`), so every map builder takes one value instead of eight arguments.
+    type MapOptions<'a> =
+        {
+            Workers: int option
+            Capacity: int option
+            Ordered: bool option
+            Name: string option
+            Timeout: TimeSpan option
+            OnError: OnError<'a> option
+            Counts: FailureCounts option
+            RateLimit: System.Threading.RateLimiting.RateLimiter option
+        }
+
+    /// A map stage's options, from `Stage`'s optional arguments.
+    let options workers capacity ordered name timeout onError counts rateLimit : MapOptions<'a> =
+        {
+            Workers = workers
+            Capacity = capacity
+            Ordered = ordered
+            Name = name
+            Timeout = timeout
+            OnError = onError
+            Counts = counts
+            RateLimit = rateLimit
+        }
+
+    /// The options of a stage that takes no policy (branch and join stages).
+    let plain workers capacity ordered name : MapOptions<'a> =
+        options workers capacity ordered name None None None None
+
+    /// A map stage's checked description on `executor`.
+    let mapInfo (executor: Executor) (o: MapOptions<'a>) =
+        info StageKind.Map executor false o.Workers o.Capacity o.Ordered o.Name
+
+    /// A stage's checked policy (None when no policy option is set).
+    let policyOf (kind: StageKind) (o: MapOptions<'a>) =
+        PolicyRules.check (describe o.Name kind) o.Timeout o.OnError o.Counts o.RateLimit
+
     /// A stage whose workers are dedicated threads running `loop`.
     let thread kind joins f workers capacity ordered name loop =
         notNull kind name (box f)
@@ -94,36 +133,17 @@ module internal Build =
 
     /// A blocking map stage on dedicated threads: the plain loop, or the policy-aware one when a
     /// timeout or failure policy is set.
-    let mapThread (f: 'a -> 'b) workers capacity ordered name timeout onError counts rateLimit =
-        notNull StageKind.Map name (box f)
-        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
-
-        let policy =
-            PolicyRules.check (describe name StageKind.Map) timeout onError counts rateLimit
-
-        Interpreter.stage info (ThreadExecutor(threadLoop policy f))
+    let mapThread (f: 'a -> 'b) (o: MapOptions<'a>) =
+        notNull StageKind.Map o.Name (box f)
+        let info = mapInfo Executor.Thread o
+        Interpreter.stage info (ThreadExecutor(threadLoop (policyOf StageKind.Map o) f))
 
     /// An async map stage (`g` is the function as called with a token): the plain loop, or the
     /// policy-aware one when a timeout or failure policy is set.
-    let mapPool
-        (f: obj)
-        (g: 'a -> CancellationToken -> ValueTask<'b>)
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
-        =
-        notNull StageKind.Map name f
-        let info = info StageKind.Map Executor.Async false workers capacity ordered name
-
-        let policy =
-            PolicyRules.check (describe name StageKind.Map) timeout onError counts rateLimit
-
-        Interpreter.stage info (AsyncExecutor(poolLoop policy g))
+    let mapPool (f: obj) (g: 'a -> CancellationToken -> ValueTask<'b>) (o: MapOptions<'a>) =
+        notNull StageKind.Map o.Name f
+        let info = mapInfo Executor.Async o
+        Interpreter.stage info (AsyncExecutor(poolLoop (policyOf StageKind.Map o) g))
 
     /// A stage whose workers are async loops (`loop`) on the thread pool.
     let pool kind joins f workers capacity ordered name loop =
@@ -214,28 +234,14 @@ module internal Build =
     /// A stage of `shape` whose workers are processes on this machine: the plain loops, or (map
     /// stages) the policy-aware one when a timeout or failure policy is set. `bound` is the JSON of
     /// a bound argument (see `bound`; map stages), or null.
-    let processStageOf<'a, 'b>
-        (shape: Shape)
-        f
-        locate
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
-        (bound: byte[])
-        =
+    let processStageOf<'a, 'b> (shape: Shape) f locate (o: MapOptions<'a>) (bound: byte[]) =
         let stageKind =
             match shape with
             | Shape.Map -> StageKind.Map
             | Shape.Branch -> StageKind.Branch
             | _ -> StageKind.Join
 
-        let policy =
-            PolicyRules.check (describe name stageKind) timeout onError counts rateLimit
+        let policy = policyOf stageKind o
 
         remoteStageOf<'a, 'b>
             stageKind
@@ -243,19 +249,19 @@ module internal Build =
             (fun fref -> ProcessExecutor<'a, 'b>(shape, ProcessConnection.setup shape fref bound, policy))
             f
             locate
-            workers
-            capacity
-            ordered
-            name
+            o.Workers
+            o.Capacity
+            o.Ordered
+            o.Name
 
     /// A branch or join stage (or a map without options) whose workers are processes on this
     /// machine: no policy, no bound argument.
     let processPlain<'a, 'b> shape f locate workers capacity ordered name =
-        processStageOf<'a, 'b> shape f locate workers capacity ordered name None None None None null
+        processStageOf<'a, 'b> shape f locate (plain workers capacity ordered name) null
 
     /// A map stage whose workers are processes on this machine (see `processStageOf`).
-    let processStage<'a, 'b> f locate workers capacity ordered name timeout onError counts rateLimit (bound: byte[]) =
-        processStageOf<'a, 'b> Shape.Map f locate workers capacity ordered name timeout onError counts rateLimit bound
+    let processStage<'a, 'b> f locate (o: MapOptions<'a>) (bound: byte[]) =
+        processStageOf<'a, 'b> Shape.Map f locate o bound
 
     /// A process stage's bound argument as JSON (sent once to each worker process), refused with
     /// an ArgumentException (`arg`) naming the stage when it cannot cross to a worker process.

@@ -52,21 +52,14 @@ module internal BuildState =
         (init: unit -> 's)
         (f: 's -> 'a -> 'b)
         (dispose: ('s -> unit) option)
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
+        (o: MapOptions<'a>)
         recycleAfter
         =
-        notNull StageKind.Map name (box f)
-        stateChecks name (box init) (Option.map box dispose)
-        let info = info StageKind.Map Executor.Thread false workers capacity ordered name
-        let stage = describe name StageKind.Map
-        let policy = PolicyRules.check stage timeout onError counts rateLimit
+        notNull StageKind.Map o.Name (box f)
+        stateChecks o.Name (box init) (Option.map box dispose)
+        let info = mapInfo Executor.Thread o
+        let stage = describe o.Name StageKind.Map
+        let policy = policyOf StageKind.Map o
         let recycle = WorkerStates.recycle stage recycleAfter
 
         let loop (env: WorkerEnv<'a, 'b>) =
@@ -94,21 +87,14 @@ module internal BuildState =
         (init: unit -> 's)
         (f: 's -> 'a -> CancellationToken -> Task<'b>)
         (dispose: ('s -> unit) option)
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
+        (o: MapOptions<'a>)
         recycleAfter
         =
-        notNull StageKind.Map name (box f)
-        stateChecks name (box init) (Option.map box dispose)
-        let info = info StageKind.Map Executor.Async false workers capacity ordered name
-        let stage = describe name StageKind.Map
-        let policy = PolicyRules.check stage timeout onError counts rateLimit
+        notNull StageKind.Map o.Name (box f)
+        stateChecks o.Name (box init) (Option.map box dispose)
+        let info = mapInfo Executor.Async o
+        let stage = describe o.Name StageKind.Map
+        let policy = policyOf StageKind.Map o
         let recycle = WorkerStates.recycle stage recycleAfter
 
         let loop (env: WorkerEnv<'a, 'b>) : Task =
@@ -139,20 +125,13 @@ module internal BuildState =
         (locateF: unit -> Result<FunctionRef, string>)
         (dispose: obj option)
         (locateDispose: unit -> Result<FunctionRef, string>)
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
+        (o: MapOptions<'a>)
         recycleAfter
         =
-        notNull StageKind.Map name f
-        stateChecks name init dispose
-        let stage = describe name StageKind.Map
-        let policy = PolicyRules.check stage timeout onError counts rateLimit
+        notNull StageKind.Map o.Name f
+        stateChecks o.Name init dispose
+        let stage = describe o.Name StageKind.Map
+        let policy = policyOf StageKind.Map o
         let recycle = WorkerStates.recycle stage recycleAfter
 
         let located (what: string) (locate: unit -> Result<FunctionRef, string>) =
@@ -166,7 +145,7 @@ module internal BuildState =
             let setup = ProcessConnection.stateSetup recycle initRef fref disposeRef
             ProcessExecutor<'a, 'b>(Shape.Map, setup, policy) :> StageExecutor<'a, 'b>
 
-        remoteStageOf<'a, 'b> StageKind.Map Executor.Process executor f locateF workers capacity ordered name
+        remoteStageOf<'a, 'b> StageKind.Map Executor.Process executor f locateF o.Workers o.Capacity o.Ordered o.Name
 
     /// `Stage.mapWithState`: on threads, or, with `multiprocess`, in worker processes.
     let mapWithState
@@ -174,14 +153,7 @@ module internal BuildState =
         (f: 's -> 'a -> 'b)
         (dispose: ('s -> unit) option)
         multiprocess
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
+        (o: MapOptions<'a>)
         recycleAfter
         =
         if defaultArg multiprocess false then
@@ -192,29 +164,10 @@ module internal BuildState =
                 (fun () -> FunctionRefs.ofFunction (box f))
                 (Option.map box dispose)
                 (fun () -> FunctionRefs.ofFunction (box dispose.Value))
-                workers
-                capacity
-                ordered
-                name
-                timeout
-                onError
-                counts
-                rateLimit
+                o
                 recycleAfter
         else
-            mapThreadWithState
-                init
-                f
-                dispose
-                workers
-                capacity
-                ordered
-                name
-                timeout
-                onError
-                counts
-                rateLimit
-                recycleAfter
+            mapThreadWithState init f dispose o recycleAfter
 
     /// `Stage.mapWithStateFunc` (delegates: the C# facade's): on threads, or, with `multiprocess`,
     /// in worker processes (`f` then of the stage's own types, as for `mapBoundFunc`).
@@ -223,14 +176,7 @@ module internal BuildState =
         (f: Func<'s, 'a, 'b>)
         (dispose: Action<'s> option)
         multiprocess
-        workers
-        capacity
-        ordered
-        name
-        timeout
-        onError
-        counts
-        rateLimit
+        (o: MapOptions<'a>)
         recycleAfter
         =
         if defaultArg multiprocess false then
@@ -241,14 +187,7 @@ module internal BuildState =
                 (fun () -> boundDelegateRef f)
                 (Option.map box dispose)
                 (fun () -> FunctionRefs.ofDelegate dispose.Value)
-                workers
-                capacity
-                ordered
-                name
-                timeout
-                onError
-                counts
-                rateLimit
+                o
                 recycleAfter
         else
             // A null delegate stays null: the checks name it.
@@ -259,12 +198,5 @@ module internal BuildState =
                 (orNull init (fun () -> init.Invoke()))
                 (orNull f (fun s x -> f.Invoke(s, x)))
                 (dispose |> Option.map (fun d -> orNull d d.Invoke))
-                workers
-                capacity
-                ordered
-                name
-                timeout
-                onError
-                counts
-                rateLimit
+                o
                 recycleAfter

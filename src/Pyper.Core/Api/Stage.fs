@@ -16,17 +16,10 @@ type Stage =
             Build.processStage<'a, 'b>
                 (box f)
                 (fun () -> FunctionRefs.ofFunction (box f))
-                workers
-                capacity
-                ordered
-                name
-                timeout
-                onError
-                counts
-                rateLimit
+                (Build.options workers capacity ordered name timeout onError counts rateLimit)
                 null
         else
-            Build.mapThread f workers capacity ordered name timeout onError counts rateLimit
+            Build.mapThread f (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapFunc
         (f: Func<'a, 'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess, ?timeout, ?onError, ?counts, ?rateLimit)
@@ -35,14 +28,7 @@ type Stage =
             Build.processStage<'a, 'b>
                 (box f)
                 (fun () -> Build.delegateRef f)
-                workers
-                capacity
-                ordered
-                name
-                timeout
-                onError
-                counts
-                rateLimit
+                (Build.options workers capacity ordered name timeout onError counts rateLimit)
                 null
         else
             Stage.map (
@@ -78,18 +64,11 @@ type Stage =
             Build.processStage<'a, 'b>
                 (box f)
                 (fun () -> FunctionRefs.ofFunction (box f))
-                workers
-                capacity
-                ordered
-                name
-                timeout
-                onError
-                counts
-                rateLimit
+                (Build.options workers capacity ordered name timeout onError counts rateLimit)
                 bound
         else
             Build.notNull StageKind.Map name (box f)
-            Build.mapThread (f arg) workers capacity ordered name timeout onError counts rateLimit
+            Build.mapThread (f arg) (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapBoundFunc
         (
@@ -111,18 +90,14 @@ type Stage =
             Build.processStage<'a, 'b>
                 (box f)
                 (fun () -> Build.boundDelegateRef f)
-                workers
-                capacity
-                ordered
-                name
-                timeout
-                onError
-                counts
-                rateLimit
+                (Build.options workers capacity ordered name timeout onError counts rateLimit)
                 bound
         else
             Build.notNull StageKind.Map name (box f)
-            Build.mapThread (fun x -> f.Invoke(arg, x)) workers capacity ordered name timeout onError counts rateLimit
+
+            Build.mapThread
+                (fun x -> f.Invoke(arg, x))
+                (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapTask
         (f: 'a -> Task<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
@@ -130,14 +105,7 @@ type Stage =
         Build.mapPool
             (box f)
             (fun x _ -> ValueTask<'b>(NullResult.task (f x)))
-            workers
-            capacity
-            ordered
-            name
-            timeout
-            onError
-            counts
-            rateLimit
+            (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapTask
         (
@@ -154,19 +122,15 @@ type Stage =
         Build.mapPool
             (box f)
             (fun x ct -> ValueTask<'b>(NullResult.task (f x ct)))
-            workers
-            capacity
-            ordered
-            name
-            timeout
-            onError
-            counts
-            rateLimit
+            (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapValueTask
         (f: 'a -> ValueTask<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
         =
-        Build.mapPool (box f) (fun x _ -> f x) workers capacity ordered name timeout onError counts rateLimit
+        Build.mapPool
+            (box f)
+            (fun x _ -> f x)
+            (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapValueTask
         (
@@ -180,7 +144,7 @@ type Stage =
             ?counts,
             ?rateLimit
         ) =
-        Build.mapPool (box f) f workers capacity ordered name timeout onError counts rateLimit
+        Build.mapPool (box f) f (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapAsync
         (f: 'a -> Async<'b>, ?workers, ?capacity, ?ordered, ?name, ?timeout, ?onError, ?counts, ?rateLimit)
@@ -188,14 +152,7 @@ type Stage =
         Build.mapPool
             (box f)
             (fun x ct -> ValueTask<'b>(Async.StartImmediateAsTask(NullResult.check "Async" "an Async value" (f x), ct)))
-            workers
-            capacity
-            ordered
-            name
-            timeout
-            onError
-            counts
-            rateLimit
+            (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapWithState
         (
@@ -218,14 +175,7 @@ type Stage =
             f
             dispose
             multiprocess
-            workers
-            capacity
-            ordered
-            name
-            timeout
-            onError
-            counts
-            rateLimit
+            (Build.options workers capacity ordered name timeout onError counts rateLimit)
             recycleAfter
 
     static member mapWithStateFunc
@@ -249,14 +199,7 @@ type Stage =
             f
             dispose
             multiprocess
-            workers
-            capacity
-            ordered
-            name
-            timeout
-            onError
-            counts
-            rateLimit
+            (Build.options workers capacity ordered name timeout onError counts rateLimit)
             recycleAfter
 
     static member mapTaskWithState
@@ -278,14 +221,7 @@ type Stage =
             init
             f
             dispose
-            workers
-            capacity
-            ordered
-            name
-            timeout
-            onError
-            counts
-            rateLimit
+            (Build.options workers capacity ordered name timeout onError counts rateLimit)
             recycleAfter
 
     static member branch(f: 'a -> seq<'b>, ?workers, ?capacity, ?ordered, ?name, ?multiprocess) =
