@@ -45,6 +45,15 @@ module internal BuildState =
 
                 current.Value
 
+    /// An in-process stage with state: its functions and options checked, in this order, into its
+    /// description on `executor`, its policy and its recycle count.
+    let private prepared executor (init: obj) (f: obj) (dispose: obj option) (o: MapOptions<'a>) recycleAfter =
+        notNull StageKind.Map o.Name f
+        stateChecks o.Name init dispose
+        let info = mapInfo executor o
+        let policy = policyOf StageKind.Map o
+        struct (info, policy, WorkerStates.recycle (describe o.Name StageKind.Map) recycleAfter)
+
     /// A blocking map stage with per-worker state: `init` on each worker's thread before its
     /// first item, `dispose` on it when the worker ends; with `recycleAfter`, both again after
     /// every `recycleAfter` calls (on the thread that makes the call).
@@ -55,12 +64,8 @@ module internal BuildState =
         (o: MapOptions<'a>)
         recycleAfter
         =
-        notNull StageKind.Map o.Name (box f)
-        stateChecks o.Name (box init) (Option.map box dispose)
-        let info = mapInfo Executor.Thread o
-        let stage = describe o.Name StageKind.Map
-        let policy = policyOf StageKind.Map o
-        let recycle = WorkerStates.recycle stage recycleAfter
+        let struct (info, policy, recycle) =
+            prepared Executor.Thread (box init) (box f) (Option.map box dispose) o recycleAfter
 
         let loop (env: WorkerEnv<'a, 'b>) =
             let cell = StateCell<'s>(init, dispose, recycle)
@@ -90,12 +95,8 @@ module internal BuildState =
         (o: MapOptions<'a>)
         recycleAfter
         =
-        notNull StageKind.Map o.Name (box f)
-        stateChecks o.Name (box init) (Option.map box dispose)
-        let info = mapInfo Executor.Async o
-        let stage = describe o.Name StageKind.Map
-        let policy = policyOf StageKind.Map o
-        let recycle = WorkerStates.recycle stage recycleAfter
+        let struct (info, policy, recycle) =
+            prepared Executor.Async (box init) (box f) (Option.map box dispose) o recycleAfter
 
         let loop (env: WorkerEnv<'a, 'b>) : Task =
             task {
