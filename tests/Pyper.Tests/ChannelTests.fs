@@ -213,15 +213,18 @@ let tests =
 
             testCase "the wire names exception types, the parent builds only exceptions" (fun () ->
                 // A worker's failure frame for an exception, then the same frame naming another type.
-                let frame =
-                    RemoteFailures.encode (InvalidOperationException "http://example.invalid/")
+                let captured =
+                    let frame =
+                        RemoteFailures.encode (InvalidOperationException "http://example.invalid/")
 
-                let text = Text.Encoding.UTF8.GetString frame
+                    use r = new IO.BinaryReader(new IO.MemoryStream(frame), Text.Encoding.UTF8)
+                    RemoteFailures.read r
 
                 let failure (t: Type) =
-                    Text.Encoding.UTF8.GetBytes(
-                        text.Replace(typeof<InvalidOperationException>.AssemblyQualifiedName, t.AssemblyQualifiedName)
-                    )
+                    RemoteFailures.toBytes
+                        { captured with
+                            Type = t.AssemblyQualifiedName
+                        }
 
                 let e =
                     RemoteExceptions.decode "s" typeof<int> (ReadOnlySpan(failure typeof<InvalidOperationException>))

@@ -201,7 +201,8 @@ module internal RemoteFailures =
         writeOption w (write w) f.Inner
         w.Write f.Results
 
-    let private toBytes (f: RemoteFailure) =
+    /// A captured failure as the full failure frame's payload (binary; `read` reads it back).
+    let internal toBytes (f: RemoteFailure) =
         use buffer = new IO.MemoryStream()
         use w = new IO.BinaryWriter(buffer, Text.Encoding.UTF8)
         write w f
@@ -300,9 +301,7 @@ module internal RemoteFailures =
         let e, results = unwrap e
 
         try
-            let c = { capture 0 e with Results = results }
-            let b = toBytes c
-            b
+            toBytes { capture 0 e with Results = results }
         with _ ->
             toBytes
                 {
