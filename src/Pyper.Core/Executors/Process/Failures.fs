@@ -261,7 +261,7 @@ module internal RemoteFailures =
 
     /// The brief failure frame's payload for `e`: a flag (1 when the results could not be sent),
     /// the HResult (4 bytes), then the type's assembly-qualified name and the message in UTF-8,
-    /// after a newline. No reflection and no serializer: a cold worker process takes 50-150 ms
+    /// after a newline. No reflection and no serializer: a cold worker process takes tens of milliseconds
     /// to `encode` its first exception, while the other workers' results would flow on. Never throws.
     let brief (e: exn) : byte[] =
         let e, results = unwrap e

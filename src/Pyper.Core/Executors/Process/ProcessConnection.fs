@@ -14,7 +14,7 @@ module internal ProcessConnection =
     open Loops
 
     /// How long the parent waits for a failure's full frame once its brief frame has stopped the
-    /// run (a cold worker process takes 50-150 ms to encode its first exception; a loaded machine more).
+    /// run (a cold worker process takes tens of milliseconds to encode its first exception; a loaded machine more).
     [<Literal>]
     let FullFailureMilliseconds = 2000
 

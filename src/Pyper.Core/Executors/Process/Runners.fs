@@ -44,7 +44,7 @@ type internal WorkerLink(stream: Stream) =
             raise (ParentGoneException e)
 
     /// Sends a failure: its brief frame first (type and message: the parent stops the run on it),
-    /// then the full one, whose first encoding costs a cold process 50-150 ms.
+    /// then the full one, whose first encoding costs a cold process tens of milliseconds.
     member this.SendFailure(e: exn) =
         this.Begin()
         frame.Writer.Write(ReadOnlySpan(RemoteFailures.brief e))
