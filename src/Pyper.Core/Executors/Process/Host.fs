@@ -79,6 +79,19 @@ module internal ProcessHost =
                 else
                     null)
 
+    /// The method `r` names and the instance to call it on (null for a static method), its
+    /// assembly loaded and the assembly's folder searched for its dependencies.
+    let private locate (r: FunctionRef) : MethodInfo * obj =
+        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
+        resolveIn (Path.GetDirectoryName r.Assembly)
+        let t, m = r.Resolve assembly
+
+        m,
+        (if r.Instance then
+             Activator.CreateInstance(t, true)
+         else
+             null)
+
     /// Exits the worker when its parent process is gone, even while the function is busy.
     let internal watchParent (parent: int) =
         if not (OperatingSystem.IsWindows()) then
@@ -91,15 +104,7 @@ module internal ProcessHost =
             Thread(watch, IsBackground = true, Name = "Pyper/watchdog").Start()
 
     let internal runner (r: FunctionRef) : IBatchRunner =
-        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
-        resolveIn (Path.GetDirectoryName r.Assembly)
-        let t, m = r.Resolve assembly
-
-        let target =
-            if r.Instance then
-                Activator.CreateInstance(t, true)
-            else
-                null
+        let m, target = locate r
 
         let a = (m.GetParameters()[0]).ParameterType
         let b = m.ReturnType
@@ -108,15 +113,7 @@ module internal ProcessHost =
 
     /// The process executor's runner of a stage (`Shape` and function, as the parent sent them).
     let internal stageRunner (shape: Shape) (r: FunctionRef) : IStageRunner =
-        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
-        resolveIn (Path.GetDirectoryName r.Assembly)
-        let t, m = r.Resolve assembly
-
-        let target =
-            if r.Instance then
-                Activator.CreateInstance(t, true)
-            else
-                null
+        let m, target = locate r
 
         let seqOf (e: Type) =
             typedefof<Collections.Generic.IEnumerable<int>>.MakeGenericType e
@@ -152,15 +149,7 @@ module internal ProcessHost =
         let n = Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(payload.Slice(1, 4))
         let r = FunctionRef.Decode(payload.Slice(5, n).ToArray())
         let json = payload.Slice(5 + n).ToArray()
-        let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
-        resolveIn (Path.GetDirectoryName r.Assembly)
-        let t, m = r.Resolve assembly
-
-        let target =
-            if r.Instance then
-                Activator.CreateInstance(t, true)
-            else
-                null
+        let m, target = locate r
 
         let ps = m.GetParameters()
 
@@ -191,16 +180,7 @@ module internal ProcessHost =
         if encoding.Length = 0 then
             null, null
         else
-            let r = FunctionRef.Decode encoding
-            let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
-            resolveIn (Path.GetDirectoryName r.Assembly)
-            let t, m = r.Resolve assembly
-
-            m,
-            (if r.Instance then
-                 Activator.CreateInstance(t, true)
-             else
-                 null)
+            locate (FunctionRef.Decode encoding)
 
     /// Answers a failure (unless the parent has gone: then false); a failure of the per-worker
     /// state goes as `Wire.StateFailure`, which fails the run whatever the stage's policy.
