@@ -13,6 +13,11 @@ type internal RemoteValue = { Type: string; Json: string }
 /// A `Data` entry of a failure.
 type internal RemoteEntry = { Key: string; Value: RemoteValue }
 
+module internal FailuresNative =
+    /// Lowers a thread's priority (Linux: per thread).
+    [<System.Runtime.InteropServices.DllImport("libc", EntryPoint = "setpriority")>]
+    extern int setpriority(int which, int who, int prio)
+
 /// What a worker sends back when the function throws: enough to rebuild the exception in the parent.
 type internal RemoteFailure =
     {
@@ -319,9 +324,9 @@ module internal RemoteFailures =
                 }
 
     /// Compiles the capture and encoding path once per process, on a pool thread (cold, encoding
-    /// one exception costs tens of milliseconds of JIT). Worker processes do not call it: twenty
-    /// workers warming up at start made the README example about 0.3 s slower; the parent's side
-    /// (`RemoteExceptions.warmUp`) uses it once.
+    /// one exception costs tens of milliseconds: the runtime's stack-trace formatting reads
+    /// metadata and attributes the first time). The parent's side (`RemoteExceptions.warmUp`)
+    /// uses it once; worker processes use `warmUpInBackground`.
     let warmUp =
         let once =
             lazy
@@ -336,3 +341,27 @@ module internal RemoteFailures =
                  |> ignore)
 
         fun () -> once.Force()
+
+    /// A worker process's warm-up: encodes one exception (brief and full frames) on a background
+    /// thread at the lowest priority (nice 19 on Linux), so that the first real failure is sent in
+    /// well under a millisecond instead of 10-40 ms, while the warm-up takes only CPU time that
+    /// nothing else wants: twenty workers warming up at normal priority made the README example
+    /// about 0.3 s slower.
+    let warmUpInBackground () =
+        let warm () =
+            try
+                if OperatingSystem.IsLinux() then
+                    // PRIO_PROCESS with who = 0 is the calling thread on Linux.
+                    FailuresNative.setpriority (0, 0, 19) |> ignore
+                elif OperatingSystem.IsWindows() then
+                    Thread.CurrentThread.Priority <- ThreadPriority.Lowest
+
+                try
+                    raise (InvalidOperationException "warm-up")
+                with e ->
+                    brief e |> ignore
+                    encode e |> ignore
+            with _ ->
+                () // a warm-up that fails costs the first failure its speed, nothing else
+
+        Thread(warm, IsBackground = true, Name = "Pyper/warm-up").Start()

@@ -213,6 +213,7 @@ module internal ProcessHost =
         resolveIn AppContext.BaseDirectory
 
         use stream = new NetworkStream(WorkerChannel.connect (arg "--socket"), true)
+        RemoteFailures.warmUpInBackground ()
         let link = WorkerLink(stream)
         let mutable run = Unchecked.defaultof<IStageRunner>
         // The per-worker state of the stage served, if any: disposed before this process serves
