@@ -24,11 +24,19 @@ type NatsServer =
     member MaxDeliver: int
     /// How long the server may be unreachable during a run before the run fails. Default 10 s.
     member GiveUpAfter: TimeSpan
+    /// How long the server keeps a run's queue once no worker has asked it for work: then the
+    /// server deletes it (NATS's `InactiveThreshold`), and the run, if its parent still waits, fails
+    /// with an IOException saying so. This is what cleans up after a parent that died without
+    /// deleting its queue. It must be longer than the longest time every worker may be busy with a
+    /// batch at once (a worker asks for work between batches). Default 1 hour.
+    member InactiveThreshold: TimeSpan
     /// A copy with another `AckWait` (positive).
     member WithAckWait: ackWait: TimeSpan -> NatsServer
     /// A copy with another `MaxDeliver` (at least 1).
     member WithMaxDeliver: maxDeliver: int -> NatsServer
     /// A copy with another `GiveUpAfter` (positive).
     member WithGiveUpAfter: giveUpAfter: TimeSpan -> NatsServer
+    /// A copy with another `InactiveThreshold` (at least one second).
+    member WithInactiveThreshold: inactiveThreshold: TimeSpan -> NatsServer
     /// The URL.
     override ToString: unit -> string

@@ -18,7 +18,8 @@ open Pyper
 /// stream, the results it waits for (by batch id) and the background loops that feed them. `Run`
 /// is the executor's unit: "run one batch remotely".
 [<Sealed; AllowNullLiteral>]
-type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, server: NatsServer, stage: string) =
+type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: string, server: NatsServer, stage: string) =
+    let conn = shared.Connection
     let pending = ConcurrentDictionary<int64, TaskCompletionSource<byte[]>>()
     let stop = new CancellationTokenSource()
     let mutable nextId = 0L
@@ -141,26 +142,37 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                 ()
         }
 
-    /// Fails the stage when the server reports a batch delivered MaxDeliver times without a result.
-    member private this.PoisonLoop() : Task =
+    /// Fails the stage when the server reports a batch delivered MaxDeliver times without a result,
+    /// or deletes the run's consumer (InactiveThreshold passed without a worker asking for work).
+    member private this.AdvisoryLoop() : Task =
         task {
-            let subject =
-                $"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{Protocol.WorkStream}.{Protocol.workConsumer id}"
+            let consumer = Protocol.workConsumer id
+            let subject = $"$JS.EVENT.ADVISORY.CONSUMER.*.{Protocol.WorkStream}.{consumer}"
 
             try
                 let advisories =
                     conn.SubscribeAsync<byte[]>(subject, cancellationToken = stop.Token)
 
                 do!
-                    AsyncStream.forEach advisories stop.Token (fun () -> Task.CompletedTask) (fun _ ->
-                        this.Fault(
-                            RemoteStageException(
-                                $"Stage '{stage}': a batch was delivered {server.MaxDeliver} times (MaxDeliver) and every worker holding it died or stalled past AckWait ({server.AckWait}); it is not retried.",
-                                "",
-                                "",
-                                Nullable()
+                    AsyncStream.forEach advisories stop.Token (fun () -> Task.CompletedTask) (fun msg ->
+                        if msg.Subject.StartsWith "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." then
+                            this.Fault(
+                                RemoteStageException(
+                                    $"Stage '{stage}': a batch was delivered {server.MaxDeliver} times (MaxDeliver) and every worker holding it died or stalled past AckWait ({server.AckWait}); it is not retried.",
+                                    "",
+                                    "",
+                                    Nullable()
+                                )
                             )
-                        )
+                        elif
+                            msg.Subject.StartsWith "$JS.EVENT.ADVISORY.CONSUMER.DELETED."
+                            && not stop.IsCancellationRequested
+                        then
+                            this.Fault(
+                                IOException(
+                                    $"Stage '{stage}': the NATS server at {server.Url} deleted the run's queue: no worker asked it for work for InactiveThreshold ({server.InactiveThreshold}), or it was deleted by hand; the batches in flight are lost."
+                                )
+                            )
 
                         Task.CompletedTask)
             with _ ->
@@ -199,11 +211,11 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
     member this.StartLoops(sub: INatsSub<byte[]>) =
         results <- sub
         loops.Add(Task.Run(fun () -> this.ResultsLoop sub))
-        loops.Add(Task.Run(fun () -> this.PoisonLoop()))
+        loops.Add(Task.Run(fun () -> this.AdvisoryLoop()))
         loops.Add(Task.Run(fun () -> this.HealthLoop()))
 
     /// Stops the loops, deletes the run's consumer, purges its work subject (batches an early stop
-    /// left) and its announcement, closes the connection. A worker still running a batch of the
+    /// left) and its announcement, gives the shared connection back. A worker still running a batch of the
     /// run then finds no one taking its result and drops it: nothing of the run stays on the server.
     member _.DisposeAsync() : Task =
         task {
@@ -236,18 +248,18 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                 do! Protocol.bestEffort 3.0 (fun _ -> results.DisposeAsync().AsTask())
 
             do! Task.WhenAll(loops).ContinueWith(ignore)
-            do! conn.DisposeAsync()
+            shared.Return()
             stop.Dispose()
         }
 
-    /// Connects, makes sure of the shared streams (once per server and process), subscribes to
+    /// Leases the shared connection, makes sure of the shared streams (once per server and process), subscribes to
     /// the run's results and creates its consumer at once, then announces the stage to workers.
     static member Start(server: NatsServer, stage: string, fref: FunctionRef, workers: int) : Task<RemoteStage> =
         task {
-            let! conn = Protocol.connect server $"Stage '{stage}'"
-            let js = NatsJSContext(conn)
+            let! shared = Connections.lease server $"Stage '{stage}'"
+            let js = NatsJSContext(shared.Connection)
             let id = Guid.NewGuid().ToString "N"
-            let remote = new RemoteStage(conn, js, id, server, stage)
+            let remote = new RemoteStage(shared, js, id, server, stage)
 
             try
                 let ct = CancellationToken.None
@@ -259,7 +271,9 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         AckPolicy = ConsumerConfigAckPolicy.Explicit,
                         AckWait = server.AckWait,
                         MaxDeliver = int64 server.MaxDeliver,
-                        MaxAckPending = int64 workers
+                        MaxAckPending = int64 workers,
+                        // A parent that dies leaves its consumer: the server deletes it.
+                        InactiveThreshold = server.InactiveThreshold
                     )
 
                 let createConsumer () : Task =
@@ -269,7 +283,9 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                     }
 
                 let subscribing =
-                    conn.SubscribeCoreAsync<byte[]>(Protocol.resultsSubject id, cancellationToken = ct).AsTask()
+                    shared.Connection
+                        .SubscribeCoreAsync<byte[]>(Protocol.resultsSubject id, cancellationToken = ct)
+                        .AsTask()
 
                 do! Protocol.ensureStreams js server.Url false ct
 

@@ -234,6 +234,41 @@ let private available =
                 let got = within 60.0 "the run" (fun () -> run.Result)
                 Expect.isGreaterThanOrEqual duplicates 1 "at least one result was published twice"
                 Expect.equal (List.sort got) (List.map Remote.square [ 1..100 ]) "each result once, the first copy")
+
+        distributedTest "a run adds no stream to the server: its items travel on the shared work stream" 1 (fun f _ ->
+            let p = Stage.distributed (Remote.square, f.Server, workers = 2)
+            use results = (Pipeline.toSeqFrom [ 1..50 ] p).GetEnumerator()
+            Expect.isTrue (within 60.0 "the first result" (fun () -> results.MoveNext())) "a first result"
+            // Mid-run: the streams on the server are the two shared ones only.
+            let streams, _ = f.Leftovers()
+
+            let own = streams |> List.filter (fun s -> not (s.StartsWith Protocol.WorkStream))
+
+            Expect.isEmpty own "no stream of the run's own"
+            let mutable n = 1
+
+            while within 60.0 "the rest" (fun () -> results.MoveNext()) do
+                n <- n + 1
+
+            Expect.equal n 50 "every result")
+
+        distributedTest
+            "a run that no worker serves fails once the server expires its queue (InactiveThreshold)"
+            0
+            (fun f _ ->
+                // As for a parent that died: nobody asks the run's consumer for work, and the server
+                // deletes it after InactiveThreshold. A parent still waiting hears it and fails.
+                let server = f.Server.WithInactiveThreshold(TimeSpan.FromSeconds 2.0)
+                let p = Stage.distributed (Remote.square, server, workers = 2)
+
+                let e =
+                    catchExn (fun () ->
+                        within 60.0 "an unserved run" (fun () -> collect (Pipeline.toSeqFrom [ 1..3 ] p))
+                        |> ignore)
+
+                Expect.isTrue (e :? IOException) $"IOException, got {e}"
+                Expect.stringContains e.Message "InactiveThreshold (00:00:02)" "says why"
+                Expect.stringContains e.Message f.Url "names the server")
     ]
 
 let tests =
