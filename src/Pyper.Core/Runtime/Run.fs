@@ -154,8 +154,18 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
     /// Moves to the next result, blocking the calling thread while none is ready. The common
     /// case (the batch holds another result) is kept small enough for the JIT to inline.
     member this.MoveNextBlocking() =
-        if pos < len && isNull ctx.Error then
-            next ()
+        let p = pos
+
+        if p < len && isNull ctx.Error then
+            // `next ()`, written out: a call per item costs as much as the rest of this path.
+            let b = buf
+            current <- b[p]
+
+            if RuntimeHelpers.IsReferenceOrContainsReferences<'b>() then
+                b[p] <- Unchecked.defaultof<'b>
+
+            pos <- p + 1
+            true
         else
             this.MoveNextBlockingSlow()
 
@@ -178,7 +188,11 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
                     if answer.IsNone then
                         me.Wait()
 
-                if answer.Value then next () else sync (ended ())
+                if answer.Value then
+                    next ()
+                else
+                    ctx.WaitWorkers()
+                    sync (ended ())
             with :? RunAbortedException ->
                 sync (stopped ())
 
@@ -248,8 +262,18 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         member _.Current = current
 
         member this.MoveNextAsync() =
-            if pos < len && isNull ctx.Error then
-                ValueTask<bool>(next ())
+            let p = pos
+
+            if p < len && isNull ctx.Error then
+                // `next ()`, written out, as in MoveNextBlocking.
+                let b = buf
+                current <- b[p]
+
+                if RuntimeHelpers.IsReferenceOrContainsReferences<'b>() then
+                    b[p] <- Unchecked.defaultof<'b>
+
+                pos <- p + 1
+                ValueTask<bool>(true)
             else
                 this.MoveNextAsyncSlow()
 
