@@ -138,6 +138,18 @@ module internal Build =
         let info = mapInfo Executor.Thread o
         Interpreter.stage info (ThreadExecutor(threadLoop (policyOf StageKind.Map o) f))
 
+    /// `mapThread` for a delegate: without a policy its loop calls the delegate directly.
+    let mapThreadFunc (f: Func<'a, 'b>) (o: MapOptions<'a>) =
+        notNull StageKind.Map o.Name (box f)
+        let info = mapInfo Executor.Thread o
+
+        let loop =
+            match policyOf StageKind.Map o with
+            | None -> Loops.mapThreadFunc f
+            | Some p -> Policies.mapThread p f.Invoke
+
+        Interpreter.stage info (ThreadExecutor loop)
+
     /// An async map stage (`g` is the function as called with a token): the plain loop, or the
     /// policy-aware one when a timeout or failure policy is set.
     let mapPool (f: obj) (g: 'a -> CancellationToken -> ValueTask<'b>) (o: MapOptions<'a>) =

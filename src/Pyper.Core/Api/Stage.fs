@@ -31,18 +31,7 @@ type Stage =
                 (Build.options workers capacity ordered name timeout onError counts rateLimit)
                 null
         else
-            Stage.map (
-                (if isNull f then Unchecked.defaultof<_> else f.Invoke),
-                ?workers = workers,
-                ?capacity = capacity,
-                ?ordered = ordered,
-                ?name = name,
-                ?multiprocess = multiprocess,
-                ?timeout = timeout,
-                ?onError = onError,
-                ?counts = counts,
-                ?rateLimit = rateLimit
-            )
+            Build.mapThreadFunc f (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
     static member mapBound
         (

@@ -255,6 +255,14 @@ type internal RunContext(userToken: CancellationToken) =
         Volatile.Write(&disposed, 1)
         cts.Dispose()
 
+    /// Blocks the calling thread until every worker of the run has finished and its threads have
+    /// parked. A blocking consumer calls it before `WhenFinished`: a thread stage's worker task
+    /// completes asynchronously (through the thread pool), but a blocked `Wait` is woken directly,
+    /// so the end of a short run needs no thread-pool hop before the consumer hears it.
+    member _.WaitWorkers() =
+        for w in workers do
+            w.Wait()
+
     /// Completes when every worker of the run has finished and its threads have parked, and the
     /// source's pump has finished too, or is detached: once every stage is done, the pump's own
     /// code ends at once (its queue is aborted), so only the user's code (a MoveNext that blocks

@@ -3,6 +3,7 @@ namespace Pyper
 open System
 open System.Collections.Generic
 open System.Diagnostics
+open System.Runtime.CompilerServices
 open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
@@ -65,16 +66,34 @@ module internal Loops =
                     env.Probe.BatchEnd(env.Worker, start)
         }
 
-    let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
+    /// `output[i] <- f input[i]` for the first `n` items: a method of its own, so that the JIT
+    /// keeps the arrays, the function and the index in registers across the calls.
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
+    let private applyFSharp (f: 'a -> 'b) (input: 'a[]) (output: 'b[]) (n: int) =
+        let mutable i = 0
+
+        // `i < n` (not F#'s `for .. to`): the form the JIT clones into a loop without bounds checks.
+        while i < n do
+            output[i] <- f input[i]
+            i <- i + 1
+
+    /// `applyFSharp` for a delegate: one delegate call per item, no F# closure around it.
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
+    let private applyFunc (f: Func<'a, 'b>) (input: 'a[]) (output: 'b[]) (n: int) =
+        let mutable i = 0
+
+        while i < n do
+            output[i] <- f.Invoke input[i]
+            i <- i + 1
+
+    /// The blocking map loop; `apply input output n` calls the function on a batch.
+    let inline private mapWith ([<InlineIfLambda>] apply: 'a[] -> 'b[] -> int -> unit) (env: WorkerEnv<'a, 'b>) =
         let bufs = WorkerBuffers<'a, 'b>(true)
 
         eachBatch env bufs (fun n ticket ->
             let input, output = bufs.In, bufs.Out
             let start = Stopwatch.GetTimestamp()
-
-            for i in 0 .. n - 1 do
-                output[i] <- f input[i]
-
+            apply input output n
             env.Sizer.Record(n, start)
             Buffers.clear input n
 
@@ -89,6 +108,14 @@ module internal Loops =
 
             Buffers.clear output n
             env.Input.Release n)
+
+    let mapThread (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
+        mapWith (fun input output n -> applyFSharp f input output n) env
+
+    /// The blocking map loop of a delegate (the C# facade, `Stage.mapFunc`): calls it directly,
+    /// not through an F# closure around it.
+    let mapThreadFunc (f: Func<'a, 'b>) (env: WorkerEnv<'a, 'b>) =
+        mapWith (fun input output n -> applyFunc f input output n) env
 
     /// The async map loop: fills `output[0..n-1]` with `runBatch input n output` for each batch,
     /// hands the results on (in input order when ordered) and releases the input.

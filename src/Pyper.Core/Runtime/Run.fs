@@ -151,8 +151,26 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         )
         |> ignore
 
-    /// Moves to the next result, blocking the calling thread while none is ready.
-    member _.MoveNextBlocking() =
+    /// Moves to the next result, blocking the calling thread while none is ready. The common
+    /// case (the batch holds another result) is kept small enough for the JIT to inline.
+    member this.MoveNextBlocking() =
+        let p = pos
+
+        if p < len && isNull ctx.Error then
+            // `next ()`, written out: a call per item costs as much as the rest of this path.
+            let b = buf
+            current <- b[p]
+
+            if RuntimeHelpers.IsReferenceOrContainsReferences<'b>() then
+                b[p] <- Unchecked.defaultof<'b>
+
+            pos <- p + 1
+            true
+        else
+            this.MoveNextBlockingSlow()
+
+    /// A blocking move once the batch is used up (or the run failed): takes the next batch.
+    member private _.MoveNextBlockingSlow() =
         let sync (t: Task<bool>) = t.GetAwaiter().GetResult()
 
         if pos < len && isNull ctx.Error then
@@ -170,9 +188,31 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
                     if answer.IsNone then
                         me.Wait()
 
-                if answer.Value then next () else sync (ended ())
+                if answer.Value then
+                    next ()
+                else
+                    ctx.WaitWorkers()
+                    sync (ended ())
             with :? RunAbortedException ->
                 sync (stopped ())
+
+    /// An awaited move once the batch is used up (or the run failed): takes the next batch, or
+    /// answers a ValueTask backed by this run when it must wait.
+    member private this.MoveNextAsyncSlow() : ValueTask<bool> =
+        if pos < len && isNull ctx.Error then
+            ValueTask<bool>(next ())
+        elif over then
+            ValueTask<bool>(false)
+        else
+            try
+                pending.Reset()
+
+                match tryRefill this true with
+                | ValueSome true -> ValueTask<bool>(next ())
+                | ValueSome false -> ValueTask<bool>(ended ())
+                | ValueNone -> ValueTask<bool>(this, pending.Version)
+            with :? RunAbortedException ->
+                ValueTask<bool>(stopped ())
 
     /// Stops the run (if it started) and waits until all of it is gone. Later moves answer false.
     member this.Stop() : Task =
@@ -222,20 +262,20 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
         member _.Current = current
 
         member this.MoveNextAsync() =
-            if pos < len && isNull ctx.Error then
-                ValueTask<bool>(next ())
-            elif over then
-                ValueTask<bool>(false)
-            else
-                try
-                    pending.Reset()
+            let p = pos
 
-                    match tryRefill this true with
-                    | ValueSome true -> ValueTask<bool>(next ())
-                    | ValueSome false -> ValueTask<bool>(ended ())
-                    | ValueNone -> ValueTask<bool>(this, pending.Version)
-                with :? RunAbortedException ->
-                    ValueTask<bool>(stopped ())
+            if p < len && isNull ctx.Error then
+                // `next ()`, written out, as in MoveNextBlocking.
+                let b = buf
+                current <- b[p]
+
+                if RuntimeHelpers.IsReferenceOrContainsReferences<'b>() then
+                    b[p] <- Unchecked.defaultof<'b>
+
+                pos <- p + 1
+                ValueTask<bool>(true)
+            else
+                this.MoveNextAsyncSlow()
 
         member this.DisposeAsync() = ValueTask(this.Stop())
 
