@@ -92,13 +92,24 @@ module internal ProcessHost =
          else
              null)
 
-    /// Exits the worker when its parent process is gone, even while the function is busy.
+    /// How long a worker whose parent is gone waits for its loop to end (and dispose the stage's
+    /// per-worker state) before it exits: the grace a stopped run gives its worker processes.
+    let private orphanGraceMilliseconds = 2000
+
+    /// Set when the worker loop has ended, its per-worker state disposed.
+    let private loopEnded = new ManualResetEventSlim(false)
+
+    /// Exits the worker when its parent process is gone, even while the function is busy. The
+    /// parent's end of the channel closed with it: the loop ends after the batch in hand and
+    /// disposes the per-worker state; it gets the grace of a stopped run for that, then the
+    /// worker exits whatever it is doing.
     let internal watchParent (parent: int) =
         if not (OperatingSystem.IsWindows()) then
             let watch () =
                 while getppid () = parent do
                     Thread.Sleep 100 // polling the parent: a hang guard, not a synchronisation
 
+                loopEnded.Wait orphanGraceMilliseconds |> ignore
                 Environment.Exit 3
 
             Thread(watch, IsBackground = true, Name = "Pyper/watchdog").Start()
@@ -280,7 +291,10 @@ module internal ProcessHost =
                     with e ->
                         go <- answerFailure link e
         finally
-            // The stage stopped or failed (the parent closed the connection): dispose here.
-            dropState ()
+            // The stage stopped or failed, or the parent is gone (its connection closed): dispose here.
+            try
+                dropState ()
+            finally
+                loopEnded.Set()
 
         0
