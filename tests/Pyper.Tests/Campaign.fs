@@ -263,7 +263,13 @@ let campaignOf (samples: Case seq) (run: Case -> Outcome) (failFast: bool) (log:
 
 /// Runs `cases` cases of `gen` from `seed`, tallying; stops at the first bad outcome when `failFast`.
 let campaignWith gen (seed: uint64) (cases: int) (limit: TimeSpan) (failFast: bool) (log: string -> unit) =
-    campaignOf (Gen.sampleWithSeed (Rnd seed) 50 cases gen) (run limit) failFast log
+    try
+        campaignOf (Gen.sampleWithSeed (Rnd seed) 50 cases gen) (run limit) failFast log
+    finally
+        let folder = stateFolder Environment.ProcessId
+
+        if IO.Directory.Exists folder then
+            IO.Directory.Delete(folder, true)
 
 /// Runs `cases` cases from `seed` (state stages at the suite's weight), tallying; stops at the
 /// first bad outcome when `failFast`.
