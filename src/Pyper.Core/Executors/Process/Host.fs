@@ -99,17 +99,23 @@ module internal ProcessHost =
     /// Set when the worker loop has ended, its per-worker state disposed.
     let private loopEnded = new ManualResetEventSlim(false)
 
+    /// 1 while the worker makes or holds a per-worker state not yet disposed: only then does the
+    /// watchdog give the loop its grace (a worker without state exits at once).
+    let private holding = ref 0
+
     /// Exits the worker when its parent process is gone, even while the function is busy. The
     /// parent's end of the channel closed with it: the loop ends after the batch in hand and
-    /// disposes the per-worker state; it gets the grace of a stopped run for that, then the
-    /// worker exits whatever it is doing.
+    /// disposes the per-worker state; a worker holding one gets the grace of a stopped run for
+    /// that, then exits whatever it is doing.
     let internal watchParent (parent: int) =
         if not (OperatingSystem.IsWindows()) then
             let watch () =
                 while getppid () = parent do
                     Thread.Sleep 100 // polling the parent: a hang guard, not a synchronisation
 
-                loopEnded.Wait orphanGraceMilliseconds |> ignore
+                if Volatile.Read &holding.contents = 1 then
+                    loopEnded.Wait orphanGraceMilliseconds |> ignore
+
                 Environment.Exit 3
 
             Thread(watch, IsBackground = true, Name = "Pyper/watchdog").Start()
@@ -235,7 +241,11 @@ module internal ProcessHost =
             | None -> ()
             | Some s ->
                 state.Value <- None
-                s.Drop()
+
+                try
+                    s.Drop()
+                finally
+                    Volatile.Write(&holding.contents, 0)
 
         let mutable go = true
 
@@ -251,6 +261,7 @@ module internal ProcessHost =
                     go <- false
                 elif link.Reader.Kind = Wire.InitState then
                     dropState ()
+                    Volatile.Write(&holding.contents, 1)
                     let s = StateRunners.make load link.Reader.Payload
                     state.Value <- Some s
                     run <- s
@@ -259,7 +270,12 @@ module internal ProcessHost =
                     state.Value <- None
 
                     try
-                        s |> Option.iter (fun s -> s.Release())
+                        s
+                        |> Option.iter (fun s ->
+                            try
+                                s.Release()
+                            finally
+                                Volatile.Write(&holding.contents, 0))
 
                         link.Begin()
                         link.Frame.Writer.Write(ReadOnlySpan(Array.zeroCreate<byte> 8)) // no cost, no items
