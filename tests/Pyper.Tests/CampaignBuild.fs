@@ -11,13 +11,15 @@ open Pyper.FSharp
 open Pyper.Tests.Helpers
 open Pyper.Tests.CampaignModel
 
-/// Builds the case's pipeline; `calls` counts each stage's calls for the injected failure.
+/// Builds the case's pipeline; `calls` counts each stage's calls for the injected failure;
+/// `books` keeps the in-process state stages' states.
 let build
     (server: Pyper.Distributed.NatsServer option)
     (case: Case)
     (calls: int[])
     (triggered: int ref)
     (counts: FailureCounts)
+    (books: StateBooks)
     : Pipeline<int, int> =
     let check i =
         let n = Interlocked.Increment &calls[i]
@@ -187,6 +189,57 @@ let build
                     timeout = TimeSpan.FromMilliseconds 10.0,
                     onError = OnError.Skip,
                     counts = counts
+                )
+        | State ->
+            let init () = books.Init i
+            let dispose (id: int64) = books.Dispose id
+
+            let f (id: int64) x =
+                books.Use(i, id)
+                check i
+                one x
+
+            match s.Shape with
+            | 0 ->
+                Stage.mapWithState (
+                    init,
+                    f,
+                    dispose = dispose,
+                    workers = w,
+                    capacity = c,
+                    ordered = o,
+                    ?recycleAfter = recycleOf s
+                )
+            | 1 ->
+                Stage.mapTaskWithState (
+                    init,
+                    (fun id x _ ->
+                        task {
+                            if x % 3 = 0 then
+                                do! Task.Yield()
+
+                            return f id x
+                        }),
+                    dispose = dispose,
+                    workers = w,
+                    capacity = c,
+                    ordered = o,
+                    ?recycleAfter = recycleOf s
+                )
+            | _ ->
+                // The state lives in the worker process: its files tell what it did.
+                Stage.map (fun x ->
+                    let fs, fc = fault ()
+                    struct (x, fs, fc))
+                >=> Stage.mapWithState (
+                    StateRemote.init,
+                    StateRemote.call,
+                    dispose = StateRemote.dispose,
+                    workers = w,
+                    capacity = c,
+                    ordered = o,
+                    multiprocess = true,
+                    ?recycleAfter = recycleOf s
                 )
         | Distributed ->
             // As a process stage's: the injected failure travels with its item.

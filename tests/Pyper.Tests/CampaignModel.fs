@@ -23,6 +23,10 @@ type Kind =
     | Policy
     /// A distributed stage (NATS JetStream): only in the distributed campaign (DistributedCampaign.fs).
     | Distributed
+    /// A map stage with per-worker state (issue #17); `Shape` picks its executor: 0 threads
+    /// (`mapWithState`), 1 async (`mapTaskWithState`), 2 worker processes (`mapWithState`,
+    /// `multiprocess`); `recycleOf` its `recycleAfter`.
+    | State
 
 /// A random stage: its kind, its function's parameters and its options.
 type StageSpec =
@@ -36,7 +40,8 @@ type StageSpec =
         Ordered: bool
         Blocks: bool
         /// For a process stage: what crosses (0 ints, 1 value tuples, 2 a class with public
-        /// fields, 3 ints through a generic function). For a policy stage: which policy.
+        /// fields, 3 ints through a generic function). For a policy stage: which policy. For a
+        /// state stage: its executor.
         Shape: int
     }
 
@@ -104,6 +109,89 @@ module CampaignRemote =
             multiprocess = true
         )
 
+/// A state stage's state in a worker process: its name (the files it leaves are named after it)
+/// and whether it was disposed.
+[<AllowNullLiteral>]
+type CampaignState(name: string) =
+    member _.Name = name
+    member val Disposed = false with get, set
+
+/// The folder where the states of this test process's worker processes leave their files:
+/// `i-NAME` when made, `d-NAME` (one `d` per dispose) when disposed. `parent` is the test
+/// process's id.
+let stateFolder (parent: int) =
+    IO.Path.Combine(IO.Path.GetTempPath(), $"campaign-states-{parent}")
+
+/// A state stage's functions in worker processes (the state lives there: its files tell the
+/// campaign what was made and disposed).
+module StateRemote =
+    /// This worker process's parent (the test process), from its command line.
+    let private folder () =
+        let args = Environment.GetCommandLineArgs()
+        let i = Array.IndexOf(args, "--parent")
+        stateFolder (int args[i + 1])
+
+    let init () =
+        let s = CampaignState(Guid.NewGuid().ToString "N")
+        IO.File.WriteAllText(IO.Path.Combine(folder (), $"i-{s.Name}"), "")
+        s
+
+    /// The item carries the injected failure (stage, call; -1: none).
+    let call (s: CampaignState) (struct (x: int, stage: int, call: int)) =
+        if s.Disposed then
+            failwith $"state {s.Name} used after its dispose"
+        elif stage >= 0 then
+            raise (Injected(stage, call))
+        else
+            x * 3
+
+    let dispose (s: CampaignState) =
+        s.Disposed <- true
+        IO.File.AppendAllText(IO.Path.Combine(folder (), $"d-{s.Name}"), "d")
+
+/// What the state stages of a case did in this process (threads and async workers): the states
+/// made per stage, the disposes per state, and any misuse seen.
+type StateBooks(stages: int) =
+    let disposes = Collections.Concurrent.ConcurrentDictionary<int64, int>()
+    let inits = Array.zeroCreate<int> stages
+    let wrong = Collections.Concurrent.ConcurrentQueue<string>()
+    let mutable next = 0L
+
+    /// A new state of stage `stage`: its id.
+    member _.Init(stage: int) =
+        Threading.Interlocked.Increment &inits[stage] |> ignore
+        let id = Threading.Interlocked.Increment &next
+        disposes[id] <- 0
+        id
+
+    /// Stage `stage` calls its function with state `id`.
+    member _.Use(stage: int, id: int64) =
+        if disposes[id] <> 0 then
+            wrong.Enqueue $"stage {stage} used state {id} after its dispose"
+
+    member _.Dispose(id: int64) =
+        disposes.AddOrUpdate(
+            id,
+            (fun _ ->
+                (wrong.Enqueue $"state {id} disposed, never made"
+                 1)),
+            (fun _ n -> n + 1)
+        )
+        |> ignore
+
+    /// States made by stage `stage`.
+    member _.Inits(stage: int) = inits[stage]
+
+    /// What went wrong: misuse, and states not disposed exactly once.
+    member _.Problems() =
+        [
+            yield! wrong
+
+            for KeyValue(id, n) in disposes do
+                if n <> 1 then
+                    $"state {id} disposed {n} times"
+        ]
+
 /// What one case did.
 type Outcome =
     | Passed
@@ -129,8 +217,21 @@ let apply (s: StageSpec) (x: int) =
     | PassJoin
     | PassJoinStream
     | BatchFlatten -> [ x ]
+    | State when s.Shape = 2 -> [ x * 3 ]
+    | State -> [ x * s.A + s.B ]
     | InProcess
     | Distributed -> [ x * 3 ]
+
+/// A state stage's `recycleAfter`: none for a third of them, else 1 to 5 calls.
+let recycleOf (s: StageSpec) =
+    if s.Copies = 0 then None else Some(1 + abs s.B % 5)
+
+/// The most states a state stage may make: one per worker, and one more per `recycleAfter`
+/// calls (`calls` counts its function's calls, or, for a process stage, the items sent).
+let mostInits (s: StageSpec) (calls: int) =
+    match recycleOf s with
+    | None -> s.Workers
+    | Some r -> s.Workers + calls / r
 
 let model (case: Case) =
     case.Stages |> List.fold (fun xs s -> List.collect (apply s) xs) case.Input
@@ -155,7 +256,8 @@ let modelDrops (case: Case) =
 let keepsOrder (case: Case) =
     case.Stages |> List.forall (fun s -> s.Ordered || s.Workers = 1)
 
-let stageGen =
+/// A random stage; `stateWeight` weighs state stages among the other kinds (about 24).
+let stageGenWith (stateWeight: int) =
     gen {
         let! kind =
             Gen.frequency
@@ -169,6 +271,7 @@ let stageGen =
                     1, Gen.constant BatchFlatten
                     1, Gen.constant InProcess
                     2, Gen.constant Policy
+                    stateWeight, Gen.constant State
                 ]
 
         let! a = Gen.choose (-3, 3)
@@ -196,6 +299,11 @@ let stageGen =
         let! ordered = Gen.elements [ true; false ]
         let! blocks = Gen.frequency [ 9, Gen.constant false; 1, Gen.constant true ]
         let! shape = Gen.choose (0, 3)
+        // State stages: threads and async workers, and now and then worker processes (slow).
+        let! executor =
+            Gen.frequency [ 5, Gen.constant 0; 5, Gen.constant 1; 1, Gen.constant 2 ]
+
+        let processes = kind = InProcess || kind = State && executor = 2
 
         let joins = kind = PassJoin || kind = PassJoinStream || kind = BatchFlatten
 
@@ -206,18 +314,25 @@ let stageGen =
                 B = b
                 Copies = copies
                 // process stages start processes: keep them few
-                Workers = (if kind = InProcess then min workers 2 else workers)
+                Workers = (if processes then min workers 2 else workers)
                 Capacity = capacity
                 // an ordered join needs one worker
                 Ordered = ordered && not (joins && workers > 1)
                 Blocks = blocks && kind = Map
-                Shape = shape
+                Shape = (if kind = State then executor else shape)
             }
     }
 
-let caseGen =
+/// A random stage, state stages at the test suite's weight.
+let stageGen = stageGenWith 1
+
+/// A random case; `stateWeight` as for `stageGenWith`.
+let caseGenWith (stateWeight: int) =
     gen {
-        let! stages = Gen.choose (1, 6) |> Gen.bind (fun n -> Gen.listOfLength n stageGen)
+        let! stages =
+            Gen.choose (1, 6)
+            |> Gen.bind (fun n -> Gen.listOfLength n (stageGenWith stateWeight))
+
         let! size = Gen.frequency [ 3, Gen.choose (0, 200); 1, Gen.choose (0, 5000) ]
         let! input = Gen.listOfLength size (Gen.choose (-1000, 1000))
 
@@ -265,3 +380,6 @@ let caseGen =
                 BlockingSource = blockingSource && stops
             }
     }
+
+/// A random case, state stages at the test suite's weight.
+let caseGen = caseGenWith 1

@@ -21,6 +21,7 @@ let caseGen =
             |> Gen.map (fun s ->
                 match s.Kind with
                 | InProcess -> { s with Kind = Map } // worker processes belong to the other campaign
+                | State when s.Shape = 2 -> { s with Shape = 0 }
                 | _ -> s)
 
         let! before = Gen.choose (0, 1) |> Gen.bind (fun n -> Gen.listOfLength n local)

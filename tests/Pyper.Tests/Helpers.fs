@@ -79,8 +79,12 @@ let pyperOsThreads () = pyperOsThreadsById () |> Array.map snd
 
 let private unobserved = ref 0
 
+/// The last unobserved task exception, shown by the check that finds it (which task it was).
+let private lastUnobserved: exn ref = ref null
+
 do
     TaskScheduler.UnobservedTaskException.Add(fun e ->
+        lastUnobserved.Value <- e.Exception
         Interlocked.Increment &unobserved.contents |> ignore
         e.SetObserved())
 
@@ -211,7 +215,7 @@ let leakTestWith (check: unit -> unit) name (body: unit -> unit) =
         check ()
         GC.Collect()
         GC.WaitForPendingFinalizers()
-        Expect.equal unobserved.Value before "no unobserved task exception")
+        Expect.equal unobserved.Value before $"no unobserved task exception (the last: {lastUnobserved.Value})")
 
 /// A test case that checks for leaks (threads, tasks, processes) and unobserved task exceptions after its body.
 let leakTest name body = leakTestWith assertNoLeaks name body

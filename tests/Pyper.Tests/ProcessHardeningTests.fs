@@ -290,34 +290,49 @@ let tests =
                 Expect.equal (collect (Pipeline.toSeq 3 (Generic.describe<Guid>()))) [ "Guid3" ] "Guid")
 
             processTest "a failure stops the run at once: the other worker's results do not flow on" (fun () ->
-                withKeepAlive 60_000 (fun () ->
-                    // Two warm worker processes parked, so that both serve the failing run from its
-                    // start (a worker process that starts after the failure lets nothing flow anyway).
-                    let warm =
-                        Stage.map (ProcessTests.Remote.identity, workers = 2, multiprocess = true)
+                // One attempt: two warm worker processes parked, so that both serve the failing run
+                // from its start (a worker process that starts after the failure lets nothing flow
+                // anyway); the results yielded before the failure surfaces.
+                let attempt () =
+                    let yielded = ref 0
 
-                    Expect.equal (collect (Pipeline.toSeqFrom [ 0..9_999 ] warm)).Length 10_000 "the warm-up run"
+                    withKeepAlive 60_000 (fun () ->
+                        let warm =
+                            Stage.map (ProcessTests.Remote.identity, workers = 2, multiprocess = true)
 
-                    let p =
-                        Stage.map (Remote.throwAt50, workers = 2, multiprocess = true, name = "fifty")
+                        Expect.equal (collect (Pipeline.toSeqFrom [ 0..9_999 ] warm)).Length 10_000 "the warm-up run"
 
-                    let mutable yielded = 0
+                        let p =
+                            Stage.map (Remote.throwAt50, workers = 2, multiprocess = true, name = "fifty")
 
-                    let e =
-                        catchExn (fun () ->
-                            for _ in Pipeline.toSeqFrom [ 0..99_999 ] p do
-                                yielded <- yielded + 1)
+                        let e =
+                            catchExn (fun () ->
+                                for _ in Pipeline.toSeqFrom [ 0..99_999 ] p do
+                                    yielded.Value <- yielded.Value + 1)
 
-                    Expect.equal e.Message "fifty" "the failure"
-                    // Threads yield 0-2,000 results here (the other worker's batches, of up to 1,024,
-                    // handed on before the failure), worker processes now 0-200 (measured on a
-                    // loaded 2-core machine). Before, the run stopped only once the failing worker
-                    // process had encoded its first exception (cold: 50-350 ms) while the other
-                    // one's results flowed on: 4,300-7,200 here, up to 82k seen before.
-                    // A timing bound, so a loose one (under load, 18,210 was seen once with the
-                    // brief frame): a regression guard against the old 82k, not a proof; the test
-                    // above shows deterministically that the brief frame alone ends the run.
-                    Expect.isLessThan yielded 50_000 "results after the failure are not yielded"))
+                        Expect.equal e.Message "fifty" "the failure")
+
+                    yielded.Value
+
+                // Threads yield 0-2,000 results here (the other worker's batches, of up to 1,024,
+                // handed on before the failure), worker processes 0-200 (measured on a loaded
+                // 2-core machine). Before the brief failure frame the run stopped only once the
+                // failing worker process had encoded its first exception (cold: 50-350 ms) while
+                // the other one's results flowed on: 4,300-7,200 here, up to 82k seen. How many
+                // flow is a matter of timing: a load spike that stalls the failing worker process
+                // alone lets thousands through (18,210 seen once). So the bound is tight (3,000),
+                // and a run is tried up to three times: the old behaviour fails every try, a load
+                // spike hardly three in a row. (The test below shows without timing that the brief
+                // frame alone ends the run.)
+                let counts = ResizeArray()
+
+                while counts.Count < 3 && (counts.Count = 0 || Seq.min counts >= 3_000) do
+                    counts.Add(attempt ())
+
+                Expect.isLessThan
+                    (Seq.min counts)
+                    3_000
+                    $"results after the failure are not yielded (yielded per try: %A{List.ofSeq counts})")
 
             processTest
                 "a failure whose full frame never comes still ends the run, with its type and message"

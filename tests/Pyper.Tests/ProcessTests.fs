@@ -97,6 +97,16 @@ let crashBound = TimeSpan.FromSeconds(1.0 + 2.0 + 7.0)
 /// not watch its parent would live on until the hang guard (20 s), twice this bound.
 let orphanBound = TimeSpan.FromSeconds(0.1 + 9.9)
 
+/// The processes of `pids` still alive (zombies count as gone).
+let private alive (pids: int[]) =
+    pids
+    |> Array.filter (fun pid ->
+        try
+            let stat = File.ReadAllText $"/proc/{pid}/stat"
+            stat.Substring(stat.LastIndexOf ')' + 2).[0] <> 'Z'
+        with _ ->
+            false)
+
 let tests =
     testList
         "process executor"
@@ -310,19 +320,38 @@ let tests =
                 parent.Kill()
                 parent.WaitForExit()
                 let clock = Stopwatch.StartNew()
-
-                let alive () =
-                    workers
-                    |> Array.filter (fun pid ->
-                        try
-                            let stat = File.ReadAllText $"/proc/{pid}/stat"
-                            stat.Substring(stat.LastIndexOf ')' + 2).[0] <> 'Z'
-                        with _ ->
-                            false)
-
-                waitUntil "the orphaned workers to exit" (fun () -> Array.isEmpty (alive ()))
+                waitUntil "the orphaned workers to exit" (fun () -> Array.isEmpty (alive workers))
                 Expect.isLessThan clock.Elapsed orphanBound "on their own, soon"
                 let left = Directory.GetFileSystemEntries(tmp, "pyper-*")
                 Directory.Delete(tmp, true)
                 Expect.equal left [||] "no pyper entry left in the parent's TMPDIR")
+
+            processTest "workers whose parent is killed dispose their per-worker state before they exit" (fun () ->
+                let dir =
+                    Directory
+                        .CreateDirectory(Path.Combine(Path.GetTempPath(), $"orphan-state-{Guid.NewGuid():N}"))
+                        .FullName
+
+                use parent = startProbe [ "state"; dir ] (Path.GetTempPath())
+
+                try
+                    let said =
+                        withinGuard "the probe to start" (fun () -> parent.StandardOutput.ReadLineAsync())
+
+                    Expect.equal said "started" "both worker processes served the probe"
+                    let workers = workerProcesses parent.Id
+                    Expect.equal workers.Length 2 "the probe's two worker processes"
+                    parent.Kill()
+                    parent.WaitForExit()
+                    waitUntil "the orphaned workers to exit" (fun () -> Array.isEmpty (alive workers))
+
+                    // Each state's dispose (0.8 s) ran before its worker process exited.
+                    let markers = Directory.GetFiles dir |> Array.map Path.GetFileName |> Array.sort
+                    Expect.equal markers (workers |> Array.map string |> Array.sort) "each worker disposed its state"
+                finally
+                    if not parent.HasExited then
+                        parent.Kill()
+                        parent.WaitForExit()
+
+                    Directory.Delete(dir, true))
         ]

@@ -189,7 +189,7 @@ type Stage =
     /// run in it: `init` when the worker process takes up the stage, `dispose` when it ends the
     /// stage (before it parks for another run: no state ever passes from one run to the next, or
     /// when the run fails, is cancelled or stops early: the worker process then gets 2 s to dispose
-    /// and exit), `recycleAfter` in the same process. The state never crosses between processes
+    /// and exit; and when the parent process dies, within the same 2 s), `recycleAfter` in the same process. The state never crosses between processes
     /// (it need not be serializable), but the three functions must be re-creatable there, by the
     /// rules of `map` (module functions, or lambdas that capture nothing, in a compiled assembly);
     /// each is refused here otherwise, with an ArgumentException whose ParamName names it. A

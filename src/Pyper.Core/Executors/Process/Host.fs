@@ -92,12 +92,29 @@ module internal ProcessHost =
          else
              null)
 
-    /// Exits the worker when its parent process is gone, even while the function is busy.
+    /// How long a worker whose parent is gone waits for its loop to end (and dispose the stage's
+    /// per-worker state) before it exits: the grace a stopped run gives its worker processes.
+    let private orphanGraceMilliseconds = 2000
+
+    /// Set when the worker loop has ended, its per-worker state disposed.
+    let private loopEnded = new ManualResetEventSlim(false)
+
+    /// 1 while the worker makes or holds a per-worker state not yet disposed: only then does the
+    /// watchdog give the loop its grace (a worker without state exits at once).
+    let private holding = ref 0
+
+    /// Exits the worker when its parent process is gone, even while the function is busy. The
+    /// parent's end of the channel closed with it: the loop ends after the batch in hand and
+    /// disposes the per-worker state; a worker holding one gets the grace of a stopped run for
+    /// that, then exits whatever it is doing.
     let internal watchParent (parent: int) =
         if not (OperatingSystem.IsWindows()) then
             let watch () =
                 while getppid () = parent do
                     Thread.Sleep 100 // polling the parent: a hang guard, not a synchronisation
+
+                if Volatile.Read &holding.contents = 1 then
+                    loopEnded.Wait orphanGraceMilliseconds |> ignore
 
                 Environment.Exit 3
 
@@ -225,7 +242,11 @@ module internal ProcessHost =
             | None -> ()
             | Some s ->
                 state.Value <- None
-                s.Drop()
+
+                try
+                    s.Drop()
+                finally
+                    Volatile.Write(&holding.contents, 0)
 
         let mutable go = true
 
@@ -241,6 +262,7 @@ module internal ProcessHost =
                     go <- false
                 elif link.Reader.Kind = Wire.InitState then
                     dropState ()
+                    Volatile.Write(&holding.contents, 1)
                     let s = StateRunners.make load link.Reader.Payload
                     state.Value <- Some s
                     run <- s
@@ -249,7 +271,12 @@ module internal ProcessHost =
                     state.Value <- None
 
                     try
-                        s |> Option.iter (fun s -> s.Release())
+                        s
+                        |> Option.iter (fun s ->
+                            try
+                                s.Release()
+                            finally
+                                Volatile.Write(&holding.contents, 0))
 
                         link.Begin()
                         link.Frame.Writer.Write(ReadOnlySpan(Array.zeroCreate<byte> 8)) // no cost, no items
@@ -281,7 +308,10 @@ module internal ProcessHost =
                     with e ->
                         go <- answerFailure link e
         finally
-            // The stage stopped or failed (the parent closed the connection): dispose here.
-            dropState ()
+            // The stage stopped or failed, or the parent is gone (its connection closed): dispose here.
+            try
+                dropState ()
+            finally
+                loopEnded.Set()
 
         0
