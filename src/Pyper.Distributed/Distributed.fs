@@ -4,6 +4,7 @@ open System
 open System.Runtime.CompilerServices
 open System.Runtime.InteropServices
 open System.Threading
+open System.Threading.RateLimiting
 open System.Threading.Tasks
 open Pyper
 open Pyper.FSharp
@@ -13,13 +14,28 @@ module internal Checks =
         if isNull (box s) then
             raise (ArgumentNullException("server", "A distributed stage needs the NATS server (NatsServer)."))
 
-    let stage<'a, 'b> (f: obj) locate (server: NatsServer) workers capacity ordered name =
+    let stage<'a, 'b>
+        (f: obj)
+        locate
+        (server: NatsServer)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        rateLimit
+        =
         let workersValue = defaultArg workers 1
+        // The map stages' own checks and messages ("Stage 'x' (map): ...").
+        let policy =
+            Build.policyOf StageKind.Map (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
         let stage =
             Build.remoteStage<'a, 'b>
                 Executor.Distributed
-                (fun fref -> DistributedExecutor<'a, 'b>(server, max 1 workersValue, fref))
+                (fun fref -> DistributedExecutor<'a, 'b>(server, max 1 workersValue, fref, policy))
                 f
                 locate
                 workers
@@ -76,8 +92,18 @@ type DistributedStage =
             [<Optional; DefaultParameterValue(1)>] workers: int,
             [<Optional; DefaultParameterValue(1024)>] capacity: int,
             [<Optional; DefaultParameterValue(false)>] ordered: bool,
-            [<Optional; DefaultParameterValue(null: string)>] name: string
+            [<Optional; DefaultParameterValue(null: string)>] name: string,
+            [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan>,
+            [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy,
+            [<Optional>] counts: FailureCounts,
+            [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter
         ) : Pyper.Pipeline<'a, 'b> =
+        let onError =
+            if isNull onError then
+                None
+            else
+                Some(onError.ToCore<'a> name)
+
         Pyper.Pipeline<'a, 'b>(
             Checks.stage<'a, 'b>
                 (box f)
@@ -87,6 +113,10 @@ type DistributedStage =
                 (Some capacity)
                 (Some ordered)
                 (Option.ofObj name)
+                (Option.ofNullable timeout)
+                onError
+                (if isNull (box counts) then None else Some counts)
+                (Option.ofObj rateLimit)
         )
 
 [<AbstractClass; Sealed; Extension>]
@@ -100,12 +130,29 @@ type DistributedPipelineExtensions =
             [<Optional; DefaultParameterValue(1)>] workers: int,
             [<Optional; DefaultParameterValue(1024)>] capacity: int,
             [<Optional; DefaultParameterValue(false)>] ordered: bool,
-            [<Optional; DefaultParameterValue(null: string)>] name: string
+            [<Optional; DefaultParameterValue(null: string)>] name: string,
+            [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan>,
+            [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy,
+            [<Optional>] counts: FailureCounts,
+            [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter
         ) : Pyper.Pipeline<'i, 'n> =
         if isNull pipeline then
             raise (ArgumentNullException("pipeline"))
 
-        pipeline.Then(DistributedStage.Map<'o, 'n>(f, server, workers, capacity, ordered, name))
+        pipeline.Then(
+            DistributedStage.Map<'o, 'n>(
+                f,
+                server,
+                workers,
+                capacity,
+                ordered,
+                name,
+                timeout,
+                onError,
+                counts,
+                rateLimit
+            )
+        )
 
 namespace Pyper.FSharp
 
@@ -115,7 +162,19 @@ open Pyper.Distributed
 [<AutoOpen>]
 module DistributedStages =
     type Stage with
-        static member distributed(f: 'a -> 'b, server: NatsServer, ?workers, ?capacity, ?ordered, ?name) =
+        static member distributed
+            (
+                f: 'a -> 'b,
+                server: NatsServer,
+                ?workers,
+                ?capacity,
+                ?ordered,
+                ?name,
+                ?timeout,
+                ?onError,
+                ?counts,
+                ?rateLimit
+            ) =
             Checks.stage<'a, 'b>
                 (box f)
                 (fun () -> Pyper.FunctionRefs.ofFunction (box f))
@@ -124,3 +183,7 @@ module DistributedStages =
                 capacity
                 ordered
                 name
+                timeout
+                onError
+                counts
+                rateLimit

@@ -103,7 +103,12 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         )
                     )
 
-            use _ = token.Register(fun () -> waiting.TrySetCanceled token |> ignore)
+            // A cancelled wait (the run's, or an item's timeout) drops the batch: a late result finds no one.
+            use _ =
+                token.Register(fun () ->
+                    pending.TryRemove batch |> ignore
+                    waiting.TrySetCanceled token |> ignore)
+
             return! waiting.Task
         }
 
@@ -242,7 +247,10 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
 
     /// Connects, makes sure of the shared streams (once per server and process), subscribes to
     /// the run's results and creates its consumer at once, then announces the stage to workers.
-    static member Start(server: NatsServer, stage: string, fref: FunctionRef, workers: int) : Task<RemoteStage> =
+    /// `timeout` is the stage's per-item timeout, for its workers (see `StageDescriptor`).
+    static member Start
+        (server: NatsServer, stage: string, fref: FunctionRef, workers: int, timeout: TimeSpan option)
+        : Task<RemoteStage> =
         task {
             let! conn = Protocol.connect server $"Stage '{stage}'"
             let js = NatsJSContext(conn)
@@ -308,6 +316,10 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                         TypeArgs = fref.TypeArgs
                         MethodArgs = fref.MethodArgs
                         AckWaitMilliseconds = int server.AckWait.TotalMilliseconds
+                        TimeoutMilliseconds =
+                            timeout
+                            |> Option.map (fun t -> int (ceil t.TotalMilliseconds))
+                            |> Option.defaultValue 0
                     }
 
                 let announce () : Task =

@@ -38,6 +38,9 @@ type internal StageDescriptor =
         MethodArgs: string[]
         /// The consumer's AckWait: a running batch sends progress every third of it.
         AckWaitMilliseconds: int
+        /// The stage's per-item timeout (0: none): a worker gives up a call that runs longer,
+        /// terminating its message (see `WorkerLoop`).
+        TimeoutMilliseconds: int
     }
 
 /// Names, frames and the shared set-up of the distributed executor's use of JetStream.
