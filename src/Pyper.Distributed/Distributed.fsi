@@ -45,6 +45,23 @@ type DistributedStage =
         [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter ->
             Pyper.Pipeline<'a, 'b>
 
+    /// `Map` with a bound argument (Pyper's `bind`; F#: `Stage.distributedBound`): `arg` is serialized
+    /// here (refused with an ArgumentException naming `arg` when it cannot cross) and sent once with
+    /// the stage's announcement, not with every item; each worker calls `f` with it and each item.
+    static member MapBound<'c, 'a, 'b> :
+        f: Func<'c, 'a, 'b> *
+        arg: 'c *
+        server: NatsServer *
+        [<Optional; DefaultParameterValue(1)>] workers: int *
+        [<Optional; DefaultParameterValue(1024)>] capacity: int *
+        [<Optional; DefaultParameterValue(false)>] ordered: bool *
+        [<Optional; DefaultParameterValue(null: string)>] name: string *
+        [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan> *
+        [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy *
+        [<Optional>] counts: Pyper.FailureCounts *
+        [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter ->
+            Pyper.Pipeline<'a, 'b>
+
 /// `MapDistributed`: the fluent form of `DistributedStage.Map` on any C# pipeline
 /// (`Pipeline.Start<int>().Branch(GetData).MapDistributed(Step3, server, workers: 20)`).
 [<AbstractClass; Sealed; Extension>]
@@ -54,6 +71,23 @@ type DistributedPipelineExtensions =
     static member MapDistributed<'i, 'o, 'n> :
         pipeline: Pyper.Pipeline<'i, 'o> *
         f: Func<'o, 'n> *
+        server: NatsServer *
+        [<Optional; DefaultParameterValue(1)>] workers: int *
+        [<Optional; DefaultParameterValue(1024)>] capacity: int *
+        [<Optional; DefaultParameterValue(false)>] ordered: bool *
+        [<Optional; DefaultParameterValue(null: string)>] name: string *
+        [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan> *
+        [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy *
+        [<Optional>] counts: Pyper.FailureCounts *
+        [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter ->
+            Pyper.Pipeline<'i, 'n>
+
+    /// Adds a distributed map stage with a bound argument (see `DistributedStage.MapBound`).
+    [<Extension>]
+    static member MapBoundDistributed<'i, 'o, 'c, 'n> :
+        pipeline: Pyper.Pipeline<'i, 'o> *
+        f: Func<'c, 'o, 'n> *
+        arg: 'c *
         server: NatsServer *
         [<Optional; DefaultParameterValue(1)>] workers: int *
         [<Optional; DefaultParameterValue(1024)>] capacity: int *
@@ -101,6 +135,26 @@ module DistributedStages =
         ///   redelivered) and leaves the call's thread behind, like a thread stage.
         static member distributed:
             f: ('a -> 'b) *
+            server: NatsServer *
+            ?workers: int *
+            ?capacity: int *
+            ?ordered: bool *
+            ?name: string *
+            ?timeout: System.TimeSpan *
+            ?onError: OnError<'a> *
+            ?counts: Pyper.FailureCounts *
+            ?rateLimit: System.Threading.RateLimiting.RateLimiter ->
+                Pipeline<'a, 'b>
+
+        /// `distributed` with a bound argument (Pyper's `bind`): `arg` is serialized here (refused
+        /// with an ArgumentException naming `arg` when it cannot cross, as for `Stage.mapBound` with
+        /// `multiprocess`) and sent with the stage's announcement (one per worker loop of the stage), not
+        /// with every item; each worker process applies `f` to it once per announcement it serves, when
+        /// it first runs a batch of it (a failure there fails that worker's calls of the stage, as the
+        /// items' failures), then calls the result with each item.
+        static member distributedBound:
+            f: ('c -> 'a -> 'b) *
+            arg: 'c *
             server: NatsServer *
             ?workers: int *
             ?capacity: int *

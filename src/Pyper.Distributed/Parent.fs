@@ -247,9 +247,10 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
 
     /// Connects, makes sure of the shared streams (once per server and process), subscribes to
     /// the run's results and creates its consumer at once, then announces the stage to workers.
-    /// `timeout` is the stage's per-item timeout, for its workers (see `StageDescriptor`).
+    /// `timeout` and `bound` are the stage's per-item timeout and bound argument, for its workers
+    /// (see `StageDescriptor`).
     static member Start
-        (server: NatsServer, stage: string, fref: FunctionRef, workers: int, timeout: TimeSpan option)
+        (server: NatsServer, stage: string, fref: FunctionRef, workers: int, timeout: TimeSpan option, bound: byte[])
         : Task<RemoteStage> =
         task {
             let! conn = Protocol.connect server $"Stage '{stage}'"
@@ -320,6 +321,7 @@ type internal RemoteStage(conn: NatsConnection, js: NatsJSContext, id: string, s
                             timeout
                             |> Option.map (fun t -> int (ceil t.TotalMilliseconds))
                             |> Option.defaultValue 0
+                        Bound = (if isNull bound then Array.empty else bound)
                     }
 
                 let announce () : Task =

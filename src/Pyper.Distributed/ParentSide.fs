@@ -87,11 +87,13 @@ module internal ParentSide =
         (workers: int)
         (fref: FunctionRef)
         (policy: StagePolicy<'a> option)
+        (bound: byte[])
         (env: WorkerEnv<'a, 'b>)
         : Task =
         RemoteStages.using
             env
-            (fun () -> RemoteStage.Start(server, env.Name, fref, workers, policy |> Option.bind (fun p -> p.Timeout)))
+            (fun () ->
+                RemoteStage.Start(server, env.Name, fref, workers, policy |> Option.bind (fun p -> p.Timeout), bound))
             (fun remote ->
                 WireWarmUp.arrays<'a, 'b>()
                 let token = env.Ctx.Token
@@ -147,10 +149,10 @@ module internal ParentSide =
 /// processes serve it, on any machine.
 [<Sealed>]
 type internal DistributedExecutor<'a, 'b>
-    (server: NatsServer, workers: int, fref: FunctionRef, policy: StagePolicy<'a> option) =
+    (server: NatsServer, workers: int, fref: FunctionRef, policy: StagePolicy<'a> option, bound: byte[]) =
     inherit StageExecutor<'a, 'b>()
     override _.Kind = Executor.Distributed
     override _.Quantum = Sizer.RemoteQuantum
 
     override _.Start(env, ended) =
-        env.Ctx.StartTask((fun () -> ParentSide.body server workers fref policy env), ended)
+        env.Ctx.StartTask((fun () -> ParentSide.body server workers fref policy bound env), ended)

@@ -11,6 +11,22 @@ open NATS.Client.JetStream
 open NATS.Client.JetStream.Models
 open Pyper
 
+/// A stage's function with a bound argument, applied to it when the first batch runs: a failure
+/// there (the argument cannot be read, the function fails on it) fails each of the stage's batches
+/// in this worker, as the item's failure, instead of leaving the stage unserved.
+[<Sealed>]
+type internal BoundBatches(make: unit -> IBatchRunner) =
+    let runner =
+        lazy
+            (try
+                make ()
+             with :? Reflection.TargetInvocationException as e when not (isNull e.InnerException) ->
+                 Runtime.ExceptionServices.ExceptionDispatchInfo.Throw e.InnerException
+                 Unchecked.defaultof<_>)
+
+    interface IBatchRunner with
+        member _.Run payload = runner.Value.Run payload
+
 /// The worker's side: follows the stage announcements and serves each stage whose function it can
 /// load, running `parallelism` batches of it at once. A batch is acked only once the parent has
 /// replied that it has the batch's result, so a worker killed at any point loses nothing.
@@ -41,17 +57,20 @@ module internal WorkerLoop =
                 then
                     Error $"{path} is another build than the parent's (every machine must run the same build)"
                 else
-                    Ok(
-                        ProcessHost.runner
-                            {
-                                Assembly = path
-                                TypeToken = d.TypeToken
-                                MethodToken = d.MethodToken
-                                Instance = d.Instance
-                                TypeArgs = d.TypeArgs
-                                MethodArgs = d.MethodArgs
-                            }
-                    )
+                    let fref =
+                        {
+                            Assembly = path
+                            TypeToken = d.TypeToken
+                            MethodToken = d.MethodToken
+                            Instance = d.Instance
+                            TypeArgs = d.TypeArgs
+                            MethodArgs = d.MethodArgs
+                        }
+
+                    if d.Bound.Length = 0 then
+                        Ok(ProcessHost.runner fref)
+                    else
+                        Ok(BoundBatches(fun () -> ProcessHost.boundBatchRunner fref d.Bound))
             with e ->
                 Error $"{path} could not be loaded: {e.Message}"
 

@@ -55,6 +55,12 @@ public static class DistributedFacadeTests
         True(noServer is ArgumentNullException, $"ArgumentNullException, got {noServer}");
     }
 
+    private static int Scale(int k, int x) => k * x;
+
+    private static int ScaleUnlessSeven(int k, int x) => x % 7 == 0 ? throw new InvalidOperationException("seven") : k * x;
+
+    private static int UseMaker(Func<int> make, int x) => make() + x;
+
     private static int FailOnSevens(int x) => x % 7 == 0 ? throw new InvalidOperationException($"seven at {x}") : x * 2;
 
     /// <summary>The policy options (issue #17) from C#, against <paramref name="server"/>.</summary>
@@ -75,6 +81,14 @@ public static class DistributedFacadeTests
         Sequence(dead.Select(d => d.Item1).OrderBy(x => x), new[] { 7, 14 }, "dead-lettered");
         True(dead.All(d => d.Item2 is InvalidOperationException && d.Item3 == 2), "the rebuilt exception, two attempts");
         Equal(limiter.GetStatistics()!.TotalSuccessfulLeases, 17L, "a permit per attempt");
+
+        // A bound argument, sent with the stage: static method, and the fluent form with a policy.
+        var scaled = Flow.From(Enumerable.Range(1, 10)) | DistributedStage.MapBound<int, int, int>(Scale, 3, server, workers: 2);
+        Sequence((await Collect(scaled)).OrderBy(x => x), Enumerable.Range(1, 10).Select(x => 3 * x), "bound");
+        var boundSkipping = Pipeline.Start<int>().MapBoundDistributed<int, int, int, int>(ScaleUnlessSeven, 2, server, ordered: true, onError: ErrorPolicy.Skip);
+        Sequence(await Collect(boundSkipping.RunEach(Enumerable.Range(1, 9))), new[] { 2, 4, 6, 8, 10, 12, 16, 18 }, "bound, sevens skipped");
+        var badArg = await Throws(() => Task.FromResult(DistributedStage.MapBound<Func<int>, int, int>(UseMaker, () => 1, server)));
+        True(badArg is ArgumentException { ParamName: "arg" }, $"an argument that cannot cross is refused, got {badArg}");
 
         // Bad policy options are refused when the stage is built, naming the stage and option.
         var badTimeout = await Throws(() => Task.FromResult(DistributedStage.Map<int, int>(FailOnSevens, server, name: "s", timeout: TimeSpan.Zero)));

@@ -19,8 +19,32 @@ open Pyper.Distributed
 open Pyper.Tests.Helpers
 open Pyper.Tests.DistributedTests
 
+/// A bound argument: a factor, and a key under which a worker process counts its set-ups.
+type Scaling = { Factor: int; Key: string }
+
+/// A bound argument that cannot cross to a worker process.
+type Unsendable = { Make: Func<int> }
+
 /// Functions that distributed workers run: module functions of this compiled assembly.
 module Remote =
+    /// Sets up once per application to its argument, counting its set-ups in this process (in its
+    /// AppDomain data, under the argument's key); then tags each result with that count.
+    let setUp (s: Scaling) =
+        let key = $"pyper-test-distributed-setups-{s.Key}"
+
+        let n =
+            match AppDomain.CurrentDomain.GetData key with
+            | :? int as n -> n + 1
+            | _ -> 1
+
+        AppDomain.CurrentDomain.SetData(key, box n)
+        fun (x: int) -> n, x * s.Factor
+
+    let scaleUnlessSeven (k: int) (x: int) =
+        if x % 7 = 0 then invalidOp $"seven at {x}" else k * x
+
+    let ignoreArg (_: Unsendable) (x: int) = x
+
     let failOnSevens (x: int) =
         if x % 7 = 0 then invalidOp $"seven at {x}" else x * 2
 
@@ -295,6 +319,49 @@ let private available =
         distributedTest "C# facade: DistributedStage.Map and MapDistributed take the policy options" 1 (fun f _ ->
             withinGuard "the C# policy checks" (fun () ->
                 task { do! Pyper.CSharp.Tests.DistributedFacadeTests.CheckPolicies f.Server }))
+
+        distributedTest "distributedBound: the argument goes once with the stage; each worker applies f to it once" 1
+        <| fun f _ ->
+            let arg =
+                {
+                    Factor = 3
+                    Key = Guid.NewGuid().ToString "N"
+                }
+
+            // One worker loop here: one announcement, served by both slots of the one worker host.
+            let p = Stage.distributedBound (Remote.setUp, arg, f.Server)
+            let results = collect (Pipeline.toSeqFrom [ 1..40 ] p)
+            Expect.equal (results |> List.map snd |> sorted) [ 3..3..120 ] "the factor crossed"
+            Expect.equal (results |> List.map fst |> List.distinct) [ 1 ] "one set-up in the worker process"
+
+            let counts = FailureCounts()
+
+            let q =
+                Stage.distributedBound (
+                    Remote.scaleUnlessSeven,
+                    5,
+                    f.Server,
+                    ordered = true,
+                    onError = OnError.Skip,
+                    counts = counts
+                )
+
+            Expect.equal (collect (Pipeline.toSeqFrom [ 1..8 ] q)) [ 5; 10; 15; 20; 25; 30; 40 ] "with a policy too"
+            Expect.equal counts.Skipped 1L "seven skipped"
+
+        testCase "distributedBound refuses an argument that cannot cross, when built" (fun () ->
+            let arg = { Make = Func<int>(fun () -> 1) }
+
+            match
+                catchExn (fun () ->
+                    Stage.distributedBound (Remote.ignoreArg, arg, NatsServer "nats://127.0.0.1:1", name = "b")
+                    |> ignore)
+            with
+            | :? ArgumentException as e ->
+                Expect.equal e.ParamName "arg" "the option"
+                Expect.stringContains e.Message "Stage 'b' (map)" "names the stage"
+                Expect.stringContains e.Message "bound argument" "says what"
+            | e -> failtestf "expected ArgumentException, got %O" e)
 
         testCase "policy options are checked when the stage is built, naming the stage and option" (fun () ->
             let server = NatsServer "nats://127.0.0.1:1"
