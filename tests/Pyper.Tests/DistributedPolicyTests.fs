@@ -316,6 +316,41 @@ let private available =
             finally
                 Directory.Delete(log, true))
 
+        distributedTest "under Skip, losing the server's queues still fails the run: it is not an item's failure" 1
+        <| fun f _ ->
+            let counts = FailureCounts()
+
+            let server =
+                f.Server.WithAckWait(TimeSpan.FromSeconds 1.0).WithGiveUpAfter(TimeSpan.FromSeconds 30.0)
+
+            let p =
+                Stage.distributed (
+                    DistributedTests.Remote.slow,
+                    server,
+                    workers = 2,
+                    name = "remote",
+                    onError = OnError.Skip,
+                    counts = counts
+                )
+
+            let mutable seen = 0
+
+            let e =
+                catchExn (fun () ->
+                    withinGuard "a run whose queues vanished" (fun () ->
+                        Task.Run<unit>(fun () ->
+                            Pipeline.toSeqFrom [ 1..200 ] p
+                            |> Seq.iter (fun _ ->
+                                seen <- seen + 1
+
+                                if seen = 5 then
+                                    f.Kill()
+                                    f.RestartWithoutStorage()))))
+
+            Expect.isTrue (e :? IOException) $"IOException, got {e}"
+            Expect.stringContains e.Message "gone from the NATS server" "says what happened"
+            Expect.equal counts.Skipped 0L "no item skipped for it"
+
         distributedTest "C# facade: DistributedStage.Map and MapDistributed take the policy options" 1 (fun f _ ->
             withinGuard "the C# policy checks" (fun () ->
                 task { do! Pyper.CSharp.Tests.DistributedFacadeTests.CheckPolicies f.Server }))
