@@ -4,6 +4,7 @@ open System
 open System.Runtime.CompilerServices
 open System.Runtime.InteropServices
 open System.Threading
+open System.Threading.RateLimiting
 open System.Threading.Tasks
 open Pyper
 open Pyper.FSharp
@@ -13,13 +14,29 @@ module internal Checks =
         if isNull (box s) then
             raise (ArgumentNullException("server", "A distributed stage needs the NATS server (NatsServer)."))
 
-    let stage<'a, 'b> (f: obj) locate (server: NatsServer) workers capacity ordered name =
+    let stage<'a, 'b>
+        (f: obj)
+        locate
+        (server: NatsServer)
+        workers
+        capacity
+        ordered
+        name
+        timeout
+        onError
+        counts
+        rateLimit
+        (bound: byte[])
+        =
         let workersValue = defaultArg workers 1
+        // The map stages' own checks and messages ("Stage 'x' (map): ...").
+        let policy =
+            Build.policyOf StageKind.Map (Build.options workers capacity ordered name timeout onError counts rateLimit)
 
         let stage =
             Build.remoteStage<'a, 'b>
                 Executor.Distributed
-                (fun fref -> DistributedExecutor<'a, 'b>(server, max 1 workersValue, fref))
+                (fun fref -> DistributedExecutor<'a, 'b>(server, max 1 workersValue, fref, policy, bound))
                 f
                 locate
                 workers
@@ -36,6 +53,43 @@ module internal Checks =
             )
 
         stage
+
+    /// A C# stage: its options as the C# API gives them.
+    let csharp<'a, 'b>
+        (f: obj)
+        locate
+        server
+        (workers: int)
+        (capacity: int)
+        (ordered: bool)
+        (name: string)
+        (timeout: Nullable<TimeSpan>)
+        (onError: Pyper.ErrorPolicy)
+        (counts: FailureCounts)
+        (rateLimit: RateLimiter)
+        bound
+        =
+        let onError =
+            if isNull onError then
+                None
+            else
+                Some(onError.ToCore<'a> name)
+
+        Pyper.Pipeline<'a, 'b>(
+            stage<'a, 'b>
+                f
+                locate
+                server
+                (Some workers)
+                (Some capacity)
+                (Some ordered)
+                (Option.ofObj name)
+                (Option.ofNullable timeout)
+                onError
+                (if isNull (box counts) then None else Some counts)
+                (Option.ofObj rateLimit)
+                bound
+        )
 
 [<AbstractClass; Sealed>]
 type Worker =
@@ -76,18 +130,55 @@ type DistributedStage =
             [<Optional; DefaultParameterValue(1)>] workers: int,
             [<Optional; DefaultParameterValue(1024)>] capacity: int,
             [<Optional; DefaultParameterValue(false)>] ordered: bool,
-            [<Optional; DefaultParameterValue(null: string)>] name: string
+            [<Optional; DefaultParameterValue(null: string)>] name: string,
+            [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan>,
+            [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy,
+            [<Optional>] counts: FailureCounts,
+            [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter
         ) : Pyper.Pipeline<'a, 'b> =
-        Pyper.Pipeline<'a, 'b>(
-            Checks.stage<'a, 'b>
-                (box f)
-                (fun () -> FunctionRefs.ofDelegate f)
-                server
-                (Some workers)
-                (Some capacity)
-                (Some ordered)
-                (Option.ofObj name)
-        )
+        Checks.csharp<'a, 'b>
+            (box f)
+            (fun () -> FunctionRefs.ofDelegate f)
+            server
+            workers
+            capacity
+            ordered
+            name
+            timeout
+            onError
+            counts
+            rateLimit
+            null
+
+    static member MapBound<'c, 'a, 'b>
+        (
+            f: Func<'c, 'a, 'b>,
+            arg: 'c,
+            server: NatsServer,
+            [<Optional; DefaultParameterValue(1)>] workers: int,
+            [<Optional; DefaultParameterValue(1024)>] capacity: int,
+            [<Optional; DefaultParameterValue(false)>] ordered: bool,
+            [<Optional; DefaultParameterValue(null: string)>] name: string,
+            [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan>,
+            [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy,
+            [<Optional>] counts: FailureCounts,
+            [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter
+        ) : Pyper.Pipeline<'a, 'b> =
+        let bound = Build.bound (Option.ofObj name) arg
+
+        Checks.csharp<'a, 'b>
+            (box f)
+            (fun () -> Build.boundDelegateRef f)
+            server
+            workers
+            capacity
+            ordered
+            name
+            timeout
+            onError
+            counts
+            rateLimit
+            bound
 
 [<AbstractClass; Sealed; Extension>]
 type DistributedPipelineExtensions =
@@ -100,12 +191,64 @@ type DistributedPipelineExtensions =
             [<Optional; DefaultParameterValue(1)>] workers: int,
             [<Optional; DefaultParameterValue(1024)>] capacity: int,
             [<Optional; DefaultParameterValue(false)>] ordered: bool,
-            [<Optional; DefaultParameterValue(null: string)>] name: string
+            [<Optional; DefaultParameterValue(null: string)>] name: string,
+            [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan>,
+            [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy,
+            [<Optional>] counts: FailureCounts,
+            [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter
         ) : Pyper.Pipeline<'i, 'n> =
         if isNull pipeline then
             raise (ArgumentNullException("pipeline"))
 
-        pipeline.Then(DistributedStage.Map<'o, 'n>(f, server, workers, capacity, ordered, name))
+        pipeline.Then(
+            DistributedStage.Map<'o, 'n>(
+                f,
+                server,
+                workers,
+                capacity,
+                ordered,
+                name,
+                timeout,
+                onError,
+                counts,
+                rateLimit
+            )
+        )
+
+    [<Extension>]
+    static member MapBoundDistributed<'i, 'o, 'c, 'n>
+        (
+            pipeline: Pyper.Pipeline<'i, 'o>,
+            f: Func<'c, 'o, 'n>,
+            arg: 'c,
+            server: NatsServer,
+            [<Optional; DefaultParameterValue(1)>] workers: int,
+            [<Optional; DefaultParameterValue(1024)>] capacity: int,
+            [<Optional; DefaultParameterValue(false)>] ordered: bool,
+            [<Optional; DefaultParameterValue(null: string)>] name: string,
+            [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan>,
+            [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy,
+            [<Optional>] counts: FailureCounts,
+            [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter
+        ) : Pyper.Pipeline<'i, 'n> =
+        if isNull pipeline then
+            raise (ArgumentNullException("pipeline"))
+
+        pipeline.Then(
+            DistributedStage.MapBound<'c, 'o, 'n>(
+                f,
+                arg,
+                server,
+                workers,
+                capacity,
+                ordered,
+                name,
+                timeout,
+                onError,
+                counts,
+                rateLimit
+            )
+        )
 
 namespace Pyper.FSharp
 
@@ -115,7 +258,19 @@ open Pyper.Distributed
 [<AutoOpen>]
 module DistributedStages =
     type Stage with
-        static member distributed(f: 'a -> 'b, server: NatsServer, ?workers, ?capacity, ?ordered, ?name) =
+        static member distributed
+            (
+                f: 'a -> 'b,
+                server: NatsServer,
+                ?workers,
+                ?capacity,
+                ?ordered,
+                ?name,
+                ?timeout,
+                ?onError,
+                ?counts,
+                ?rateLimit
+            ) =
             Checks.stage<'a, 'b>
                 (box f)
                 (fun () -> Pyper.FunctionRefs.ofFunction (box f))
@@ -124,3 +279,38 @@ module DistributedStages =
                 capacity
                 ordered
                 name
+                timeout
+                onError
+                counts
+                rateLimit
+                null
+
+        static member distributedBound
+            (
+                f: 'c -> 'a -> 'b,
+                arg: 'c,
+                server: NatsServer,
+                ?workers,
+                ?capacity,
+                ?ordered,
+                ?name,
+                ?timeout,
+                ?onError,
+                ?counts,
+                ?rateLimit
+            ) =
+            let bound = Pyper.FSharp.Build.bound name arg
+
+            Checks.stage<'a, 'b>
+                (box f)
+                (fun () -> Pyper.FunctionRefs.ofFunction (box f))
+                server
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                bound

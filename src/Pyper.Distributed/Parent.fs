@@ -104,7 +104,12 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
                         )
                     )
 
-            use _ = token.Register(fun () -> waiting.TrySetCanceled token |> ignore)
+            // A cancelled wait (the run's, or an item's timeout) drops the batch: a late result finds no one.
+            use _ =
+                token.Register(fun () ->
+                    pending.TryRemove batch |> ignore
+                    waiting.TrySetCanceled token |> ignore)
+
             return! waiting.Task
         }
 
@@ -254,7 +259,11 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
 
     /// Leases the shared connection, makes sure of the shared streams (once per server and process), subscribes to
     /// the run's results and creates its consumer at once, then announces the stage to workers.
-    static member Start(server: NatsServer, stage: string, fref: FunctionRef, workers: int) : Task<RemoteStage> =
+    /// `timeout` and `bound` are the stage's per-item timeout and bound argument, for its workers
+    /// (see `StageDescriptor`).
+    static member Start
+        (server: NatsServer, stage: string, fref: FunctionRef, workers: int, timeout: TimeSpan option, bound: byte[])
+        : Task<RemoteStage> =
         task {
             let! shared = Connections.lease server $"Stage '{stage}'"
             let js = NatsJSContext(shared.Connection)
@@ -324,6 +333,11 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
                         TypeArgs = fref.TypeArgs
                         MethodArgs = fref.MethodArgs
                         AckWaitMilliseconds = int server.AckWait.TotalMilliseconds
+                        TimeoutMilliseconds =
+                            timeout
+                            |> Option.map (fun t -> int (ceil t.TotalMilliseconds))
+                            |> Option.defaultValue 0
+                        Bound = (if isNull bound then Array.empty else bound)
                     }
 
                 let announce () : Task =

@@ -79,15 +79,27 @@ module internal RemoteStages =
         }
 
 /// A distributed map stage's worker loop on the parent's side: `Loops.mapBatches` with a batch
-/// runner that sends each batch through the stage's RemoteStage.
+/// runner that sends each batch through the stage's RemoteStage, or, under a policy, `Policies.mapEach`
+/// sending each item alone (see `ParentPolicy`).
 module internal ParentSide =
-    let body<'a, 'b> (server: NatsServer) (workers: int) (fref: FunctionRef) (env: WorkerEnv<'a, 'b>) : Task =
-        RemoteStages.using env (fun () -> RemoteStage.Start(server, env.Name, fref, workers)) (fun remote ->
-            WireWarmUp.arrays<'a, 'b>()
-            let token = env.Ctx.Token
+    let body<'a, 'b>
+        (server: NatsServer)
+        (workers: int)
+        (fref: FunctionRef)
+        (policy: StagePolicy<'a> option)
+        (bound: byte[])
+        (env: WorkerEnv<'a, 'b>)
+        : Task =
+        RemoteStages.using
+            env
+            (fun () ->
+                RemoteStage.Start(server, env.Name, fref, workers, policy |> Option.bind (fun p -> p.Timeout), bound))
+            (fun remote ->
+                WireWarmUp.arrays<'a, 'b>()
+                let token = env.Ctx.Token
 
-            let runBatch (input: 'a[]) (n: int) (output: 'b[]) : Task<int64> =
-                task {
+                // Sends the first `n` items of `input` as one batch (a JSON array) and waits for its reply.
+                let send (input: 'a[]) (n: int) (token: CancellationToken) : Task<byte[]> =
                     let items =
                         try
                             JsonSerializer.SerializeToUtf8Bytes(Array.sub input 0 n, Wire.options)
@@ -99,7 +111,11 @@ module internal ParentSide =
                                 )
                             )
 
-                    let! reply = remote.Run(items, token)
+                    remote.Run(items, token)
+
+                // A batch's reply: its `n` results into `output` and the function's time in the worker
+                // (Stopwatch ticks), or the batch's failure, rebuilt, raised.
+                let receive (reply: byte[]) (output: 'b[]) (n: int) : int64 =
                     let kind, _ = Protocol.header reply
 
                     if kind = Protocol.Results then
@@ -111,27 +127,32 @@ module internal ParentSide =
                             JsonSerializer.Deserialize<'b[]>(ReadOnlySpan(reply, 18, reply.Length - 18), Wire.options)
 
                         Array.blit results 0 output 0 n
-                        return cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
+                        cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
                     else
-                        return
-                            raise (
-                                RemoteExceptions.decode
-                                    env.Name
-                                    typeof<'b>
-                                    (ReadOnlySpan(reply, 10, reply.Length - 10))
-                            )
-                }
+                        raise (
+                            RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan(reply, 10, reply.Length - 10))
+                        )
 
-            Loops.mapBatches runBatch env)
+                match policy with
+                | None ->
+                    let runBatch (input: 'a[]) (n: int) (output: 'b[]) : Task<int64> =
+                        task {
+                            let! reply = send input n token
+                            return receive reply output n
+                        }
+
+                    Loops.mapBatches runBatch env
+                | Some p -> ParentPolicy.loop p send receive env)
 
 /// The distributed executor: each of a stage's workers is an awaiting loop on the thread pool that
 /// sends batches through the stage's JetStream streams (`ParentSide.body`) to whichever worker
 /// processes serve it, on any machine.
 [<Sealed>]
-type internal DistributedExecutor<'a, 'b>(server: NatsServer, workers: int, fref: FunctionRef) =
+type internal DistributedExecutor<'a, 'b>
+    (server: NatsServer, workers: int, fref: FunctionRef, policy: StagePolicy<'a> option, bound: byte[]) =
     inherit StageExecutor<'a, 'b>()
     override _.Kind = Executor.Distributed
     override _.Quantum = Sizer.RemoteQuantum
 
     override _.Start(env, ended) =
-        env.Ctx.StartTask((fun () -> ParentSide.body server workers fref env), ended)
+        env.Ctx.StartTask((fun () -> ParentSide.body server workers fref policy bound env), ended)

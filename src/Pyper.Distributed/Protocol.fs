@@ -38,6 +38,12 @@ type internal StageDescriptor =
         MethodArgs: string[]
         /// The consumer's AckWait: a running batch sends progress every third of it.
         AckWaitMilliseconds: int
+        /// The stage's per-item timeout (0: none): a worker gives up a call that runs longer,
+        /// terminating its message (see `WorkerLoop`).
+        TimeoutMilliseconds: int
+        /// The stage's bound argument as JSON (empty: none): each worker applies the function to it
+        /// once, when it first runs a batch of the stage.
+        Bound: byte[]
     }
 
 /// Names, frames and the shared set-up of the distributed executor's use of JetStream.
@@ -51,7 +57,7 @@ type internal StageDescriptor =
 module internal Protocol =
     /// The format version of descriptors and frames.
     [<Literal>]
-    let Version = 3uy
+    let Version = 4uy
 
     [<Literal>]
     let StagesStream = "PYPER_STAGES"

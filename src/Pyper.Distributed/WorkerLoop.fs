@@ -11,6 +11,22 @@ open NATS.Client.JetStream
 open NATS.Client.JetStream.Models
 open Pyper
 
+/// A stage's function with a bound argument, applied to it when the first batch runs: a failure
+/// there (the argument cannot be read, the function fails on it) fails each of the stage's batches
+/// in this worker, as the item's failure, instead of leaving the stage unserved.
+[<Sealed>]
+type internal BoundBatches(make: unit -> IBatchRunner) =
+    let runner =
+        lazy
+            (try
+                make ()
+             with :? Reflection.TargetInvocationException as e when not (isNull e.InnerException) ->
+                 Runtime.ExceptionServices.ExceptionDispatchInfo.Throw e.InnerException
+                 Unchecked.defaultof<_>)
+
+    interface IBatchRunner with
+        member _.Run payload = runner.Value.Run payload
+
 /// The worker's side: follows the stage announcements and serves each stage whose function it can
 /// load, running `parallelism` batches of it at once. A batch is acked only once the parent has
 /// replied that it has the batch's result, so a worker killed at any point loses nothing.
@@ -41,19 +57,58 @@ module internal WorkerLoop =
                 then
                     Error $"{path} is another build than the parent's (every machine must run the same build)"
                 else
-                    Ok(
-                        ProcessHost.runner
-                            {
-                                Assembly = path
-                                TypeToken = d.TypeToken
-                                MethodToken = d.MethodToken
-                                Instance = d.Instance
-                                TypeArgs = d.TypeArgs
-                                MethodArgs = d.MethodArgs
-                            }
-                    )
+                    let fref =
+                        {
+                            Assembly = path
+                            TypeToken = d.TypeToken
+                            MethodToken = d.MethodToken
+                            Instance = d.Instance
+                            TypeArgs = d.TypeArgs
+                            MethodArgs = d.MethodArgs
+                        }
+
+                    if d.Bound.Length = 0 then
+                        Ok(ProcessHost.runner fref)
+                    else
+                        Ok(BoundBatches(fun () -> ProcessHost.boundBatchRunner fref d.Bound))
             with e ->
                 Error $"{path} could not be loaded: {e.Message}"
+
+    /// Sends a batch's result to the parent, then acks the batch.
+    let private deliverThenAck
+        (js: NatsJSContext)
+        (giveUpAfter: TimeSpan)
+        (d: StageDescriptor)
+        (batch: int64)
+        (kind: byte, reply: byte[])
+        (msg: INatsJSMsg<byte[]>)
+        (progress: Timer)
+        (token: CancellationToken)
+        : Task =
+        task {
+            let result = Protocol.frame kind batch reply 0 reply.Length
+
+            let runGoesOn () : Task<bool> =
+                task {
+                    try
+                        let! _ = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
+                        return true
+                    with e ->
+                        return not (Protocol.isGone e)
+                }
+
+            // The parent replies once it has the result; a restarting server or a reconnecting
+            // parent: the result must get out, within GiveUpAfter. A deleted consumer means the
+            // run is over and nobody wants it.
+            let! failure =
+                Protocol.deliver js.Connection d.ResultsSubject result giveUpAfter 50 runGoesOn token
+
+            if not (isNull failure) then
+                raise failure
+
+            progress.Dispose()
+            do! msg.AckAsync(cancellationToken = token)
+        }
 
     /// Runs one batch and publishes its result, then acks it; progress keeps a long batch ours.
     let private handle
@@ -85,7 +140,7 @@ module internal WorkerLoop =
             // On a thread of its own, not the pool's: blocking or CPU-bound functions must not starve
             // the pool, which runs the progress timer and the client's I/O (a late progress ack
             // would let the server redeliver a batch that is still running).
-            let! kind, reply =
+            let call =
                 Task.Factory.StartNew(
                     (fun () ->
                         try
@@ -97,28 +152,20 @@ module internal WorkerLoop =
                     TaskScheduler.Default
                 )
 
-            let result = Protocol.frame kind batch reply 0 reply.Length
+            if d.TimeoutMilliseconds <= 0 then
+                let! outcome = call
+                do! deliverThenAck js giveUpAfter d batch outcome msg _progress token
+            else
+                // A stage with a timeout: a call that runs longer is given up (its thread is left to
+                // end when it returns, as a thread stage's); the parent has failed the item by then.
+                let! first = Task.WhenAny(call, Task.Delay(d.TimeoutMilliseconds, token))
 
-            let runGoesOn () : Task<bool> =
-                task {
-                    try
-                        let! _ = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
-                        return true
-                    with e ->
-                        return not (Protocol.isGone e)
-                }
-
-            // The parent replies once it has the result; a restarting server or a reconnecting
-            // parent: the result must get out, within GiveUpAfter. A deleted consumer means the
-            // run is over and nobody wants it.
-            let! failure =
-                Protocol.deliver js.Connection d.ResultsSubject result giveUpAfter 50 runGoesOn token
-
-            if not (isNull failure) then
-                raise failure
-
-            _progress.Dispose()
-            do! msg.AckAsync(cancellationToken = token)
+                if obj.ReferenceEquals(first, call) then
+                    do! deliverThenAck js giveUpAfter d batch call.Result msg _progress token
+                else
+                    // Terminated, not redelivered: the item's failure is the parent's to handle.
+                    _progress.Dispose()
+                    do! msg.AckTerminateAsync(cancellationToken = token)
         }
 
     /// Serves one stage until its consumer is deleted (the run ended) or `token` is cancelled.

@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
+using System.Threading.RateLimiting;
 using System.Threading.Tasks;
 using Pyper.Distributed;
 using static Pyper.CSharp.Tests.Check;
@@ -52,5 +53,48 @@ public static class DistributedFacadeTests
         True(bad is ArgumentException, $"ArgumentException, got {bad}");
         var noServer = await Throws(() => Task.FromResult(Pipeline.Start<int>().MapDistributed(Square, null!)));
         True(noServer is ArgumentNullException, $"ArgumentNullException, got {noServer}");
+    }
+
+    private static int Scale(int k, int x) => k * x;
+
+    private static int ScaleUnlessSeven(int k, int x) => x % 7 == 0 ? throw new InvalidOperationException("seven") : k * x;
+
+    private static int UseMaker(Func<int> make, int x) => make() + x;
+
+    private static int FailOnSevens(int x) => x % 7 == 0 ? throw new InvalidOperationException($"seven at {x}") : x * 2;
+
+    /// <summary>The policy options (issue #17) from C#, against <paramref name="server"/>.</summary>
+    public static async Task CheckPolicies(NatsServer server)
+    {
+        // Skip, counted; ordered keeps order past the skipped items.
+        var counts = new FailureCounts();
+        var skipping = Pipeline.Start<int>().MapDistributed(FailOnSevens, server, workers: 2, ordered: true, onError: ErrorPolicy.Skip, counts: counts);
+        Sequence(await Collect(skipping.RunEach(Enumerable.Range(1, 30))), Enumerable.Range(1, 30).Where(x => x % 7 != 0).Select(x => x * 2), "skipped sevens, in order");
+        Equal(counts.Skipped, 4L, "four skipped");
+
+        // Retry then DeadLetter, with a rate limiter taken once per attempt.
+        var dead = new List<(int, Exception, int)>();
+        using var limiter = new ConcurrencyLimiter(new ConcurrencyLimiterOptions { PermitLimit = 1, QueueLimit = 100 });
+        var policy = ErrorPolicy.Retry(1, TimeSpan.Zero, otherwise: ErrorPolicy.DeadLetter<int>((x, e, n) => { lock (dead) dead.Add((x, e, n)); }));
+        var lettered = Flow.From(Enumerable.Range(1, 15)) | DistributedStage.Map<int, int>(FailOnSevens, server, workers: 2, onError: policy, rateLimit: limiter);
+        Sequence((await Collect(lettered)).OrderBy(x => x), Enumerable.Range(1, 15).Where(x => x % 7 != 0).Select(x => x * 2), "the rest");
+        Sequence(dead.Select(d => d.Item1).OrderBy(x => x), new[] { 7, 14 }, "dead-lettered");
+        True(dead.All(d => d.Item2 is InvalidOperationException && d.Item3 == 2), "the rebuilt exception, two attempts");
+        Equal(limiter.GetStatistics()!.TotalSuccessfulLeases, 17L, "a permit per attempt");
+
+        // A bound argument, sent with the stage: static method, and the fluent form with a policy.
+        var scaled = Flow.From(Enumerable.Range(1, 10)) | DistributedStage.MapBound<int, int, int>(Scale, 3, server, workers: 2);
+        Sequence((await Collect(scaled)).OrderBy(x => x), Enumerable.Range(1, 10).Select(x => 3 * x), "bound");
+        var boundSkipping = Pipeline.Start<int>().MapBoundDistributed<int, int, int, int>(ScaleUnlessSeven, 2, server, ordered: true, onError: ErrorPolicy.Skip);
+        Sequence(await Collect(boundSkipping.RunEach(Enumerable.Range(1, 9))), new[] { 2, 4, 6, 8, 10, 12, 16, 18 }, "bound, sevens skipped");
+        var badArg = await Throws(() => Task.FromResult(DistributedStage.MapBound<Func<int>, int, int>(UseMaker, () => 1, server)));
+        True(badArg is ArgumentException { ParamName: "arg" }, $"an argument that cannot cross is refused, got {badArg}");
+
+        // Bad policy options are refused when the stage is built, naming the stage and option.
+        var badTimeout = await Throws(() => Task.FromResult(DistributedStage.Map<int, int>(FailOnSevens, server, name: "s", timeout: TimeSpan.Zero)));
+        True(badTimeout is ArgumentOutOfRangeException { ParamName: "timeout" }, $"timeout refused, got {badTimeout}");
+        True(badTimeout.Message.Contains("Stage 's' (map): timeout must be positive"), badTimeout.Message);
+        var badSink = await Throws(() => Task.FromResult(Pipeline.Start<int>().MapDistributed(FailOnSevens, server, onError: ErrorPolicy.DeadLetter<string>((_, _, _) => { }))));
+        True(badSink is ArgumentException { ParamName: "onError" }, $"a sink of another type refused, got {badSink}");
     }
 }

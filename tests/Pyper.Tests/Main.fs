@@ -28,6 +28,7 @@ let private all =
             ProcessFailFastTests.tests
             DistributedTests.tests
             DistributedFaultTests.tests
+            DistributedPolicyTests.tests
             ObservabilityTests.tests
             ProgressTests.tests
             PolicyTests.tests

@@ -61,6 +61,17 @@ type internal Bound<'c, 'a, 'b> =
         let arg = unbox<'c> arg
         Runners.make<'a, 'b> Shape.Map (Func<'a, 'b>(fun x -> d.Invoke(arg, x)))
 
+    /// `OfFSharp` as a batch runner (a distributed stage's worker).
+    static member BatchOfFSharp(f: obj, arg: obj) : IBatchRunner =
+        let g = (f :?> Func<'c, FSharpFunc<'a, 'b>>).Invoke(unbox<'c> arg)
+        BatchRunner<'a, 'b>(Func<'a, 'b>(fun x -> g x))
+
+    /// `OfDelegate` as a batch runner (a distributed stage's worker).
+    static member BatchOfDelegate(f: obj, arg: obj) : IBatchRunner =
+        let d = f :?> Func<'c, 'a, 'b>
+        let arg = unbox<'c> arg
+        BatchRunner<'a, 'b>(Func<'a, 'b>(fun x -> d.Invoke(arg, x)))
+
 /// The worker process's side: `Pyper.Worker` calls `run` with its command line.
 module internal ProcessHost =
     [<DllImport("libc", EntryPoint = "getppid")>]
@@ -159,13 +170,10 @@ module internal ProcessHost =
 
         make.Invoke(null, [| box shape; box f |]) :?> IStageRunner
 
-    /// The runner of a map stage's function with a bound argument (`Wire.InitBound`'s payload: the
-    /// shape, the function's encoding's length (4 bytes), the encoding, the argument as JSON): an F#
-    /// function value `'c -> 'a -> 'b` (a closure's one-argument Invoke) or a two-parameter method.
-    let internal boundRunner (payload: ReadOnlySpan<byte>) : IStageRunner =
-        let n = Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(payload.Slice(1, 4))
-        let r = FunctionRef.Decode(payload.Slice(5, n).ToArray())
-        let json = payload.Slice(5 + n).ToArray()
+    /// The function `r` (an F# function value `'c -> 'a -> 'b`, a closure's one-argument Invoke, or
+    /// a two-parameter method) closed over its argument (JSON), by `Bound`'s `{prefix}FSharp` or
+    /// `{prefix}Delegate`.
+    let private bound (prefix: string) (r: FunctionRef) (json: byte[]) : obj =
         let m, target = locate r
 
         let ps = m.GetParameters()
@@ -175,9 +183,8 @@ module internal ProcessHost =
 
             typedefof<Bound<_, _, _>>
                 .MakeGenericType(c, a, b)
-                .GetMethod(how, BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic)
+                .GetMethod(prefix + how, BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic)
                 .Invoke(null, [| f; arg |])
-            :?> IStageRunner
 
         if ps.Length = 1 then
             let c, inner = ps[0].ParameterType, m.ReturnType.GetGenericArguments()
@@ -185,11 +192,22 @@ module internal ProcessHost =
             let f =
                 m.CreateDelegate(typedefof<Func<_, _>>.MakeGenericType(c, m.ReturnType), target)
 
-            make c inner[0] inner[1] "OfFSharp" f
+            make c inner[0] inner[1] "FSharp" f
         else
             let c, a, b = ps[0].ParameterType, ps[1].ParameterType, m.ReturnType
             let f = m.CreateDelegate(typedefof<Func<_, _, _>>.MakeGenericType(c, a, b), target)
-            make c a b "OfDelegate" f
+            make c a b "Delegate" f
+
+    /// The runner of a map stage's function with a bound argument (`Wire.InitBound`'s payload: the
+    /// shape, the function's encoding's length (4 bytes), the encoding, the argument as JSON).
+    let internal boundRunner (payload: ReadOnlySpan<byte>) : IStageRunner =
+        let n = Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(payload.Slice(1, 4))
+        let r = FunctionRef.Decode(payload.Slice(5, n).ToArray())
+        bound "Of" r (payload.Slice(5 + n).ToArray()) :?> IStageRunner
+
+    /// A distributed stage's batch runner of a function with a bound argument (its JSON).
+    let internal boundBatchRunner (r: FunctionRef) (json: byte[]) : IBatchRunner =
+        bound "BatchOf" r json :?> IBatchRunner
 
     /// A function of a stage with per-worker state (an InitState frame's encoding), as this
     /// process re-creates it: its method and target; nulls for an empty encoding (no `dispose`).
