@@ -90,10 +90,8 @@ module internal ParentSide =
         (bound: byte[])
         (env: WorkerEnv<'a, 'b>)
         : Task =
-        // One RemoteStage per stage and run, shared by the stage's worker loops: keyed by the
-        // stage's input queue (each loop's `env` is a record of its own).
         RemoteStages.using
-            env.Input
+            env
             (fun () ->
                 RemoteStage.Start(server, env.Name, fref, workers, policy |> Option.bind (fun p -> p.Timeout), bound))
             (fun remote ->

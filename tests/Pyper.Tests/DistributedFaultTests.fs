@@ -235,32 +235,22 @@ let private available =
                 Expect.isGreaterThanOrEqual duplicates 1 "at least one result was published twice"
                 Expect.equal (List.sort got) (List.map Remote.square [ 1..100 ]) "each result once, the first copy")
 
-        distributedTest
-            "a run adds no stream to the server, and one consumer per stage however many workers"
-            1
-            (fun f _ ->
-                let p = Stage.distributed (Remote.square, f.Server, workers = 4)
-                use results = (Pipeline.toSeqFrom [ 1..50 ] p).GetEnumerator()
-                Expect.isTrue (within 60.0 "the first result" (fun () -> results.MoveNext())) "a first result"
-                // Mid-run: the streams on the server are the two shared ones only.
-                let streams, _ = f.Leftovers()
+        distributedTest "a run adds no stream to the server: its items travel on the shared work stream" 1 (fun f _ ->
+            let p = Stage.distributed (Remote.square, f.Server, workers = 2)
+            use results = (Pipeline.toSeqFrom [ 1..50 ] p).GetEnumerator()
+            Expect.isTrue (within 60.0 "the first result" (fun () -> results.MoveNext())) "a first result"
+            // Mid-run: the streams on the server are the two shared ones only.
+            let streams, _ = f.Leftovers()
 
-                let own = streams |> List.filter (fun s -> not (s.StartsWith Protocol.WorkStream))
+            let own = streams |> List.filter (fun s -> not (s.StartsWith Protocol.WorkStream))
 
-                Expect.isEmpty own "no stream of the run's own"
+            Expect.isEmpty own "no stream of the run's own"
+            let mutable n = 1
 
-                let work = streams |> List.filter (fun s -> s.StartsWith Protocol.WorkStream)
+            while within 60.0 "the rest" (fun () -> results.MoveNext()) do
+                n <- n + 1
 
-                Expect.isTrue
-                    (work.Length = 1 && work.Head.EndsWith ", 1 consumers")
-                    $"the stage's 4 worker loops share one consumer: {work}"
-
-                let mutable n = 1
-
-                while within 60.0 "the rest" (fun () -> results.MoveNext()) do
-                    n <- n + 1
-
-                Expect.equal n 50 "every result")
+            Expect.equal n 50 "every result")
 
         distributedTest
             "a run that no worker serves fails once the server expires its queue (InactiveThreshold)"
