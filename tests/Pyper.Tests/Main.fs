@@ -99,5 +99,6 @@ let main argv =
         // The distributed share: a fiftieth of the cases (each starts queues on a server), at least 20.
         let distributed = DistributedCampaign.soak (max 20 (int cases / 50))
         max local distributed
+    | [| "--soak-distributed"; cases |] -> DistributedCampaign.soak (int cases)
     | [| "--progress-demo" |] -> ProgressTests.demo ()
     | _ -> runTests argv
