@@ -52,6 +52,9 @@ module StateRemote =
 
     let failingInit () : SlotProbe = invalidOp "no model here"
 
+    let tagUnlessSeven (p: SlotProbe) (folder: string, x: int) =
+        if x = 7 then invalidOp "seven" else tag p (folder, x)
+
     let plain (_: SlotProbe) (x: int) = x
 
 let private available =
@@ -99,6 +102,39 @@ let private available =
                 Expect.all lines (fun l -> l.Length = 1) "each state disposed exactly once"
 
                 Expect.equal (lines |> List.sumBy (fun l -> int l[0])) 200 "the states served every item between them"
+            finally
+                folder.Delete true
+
+        distributedTest "distributedWithState: a run that fails in f still disposes each state once" 1
+        <| fun f _ ->
+            let folder = Directory.CreateTempSubdirectory "pyper-diststate-"
+
+            try
+                let items = [ 1..40 ] |> List.map (fun x -> folder.FullName, x)
+
+                let p =
+                    Stage.distributedWithState (
+                        StateRemote.init,
+                        StateRemote.tagUnlessSeven,
+                        f.Server,
+                        dispose = StateRemote.dispose,
+                        workers = 2
+                    )
+
+                match catchExn (fun () -> collect (Pipeline.toSeqFrom items p) |> ignore) with
+                | :? InvalidOperationException as e -> Expect.stringContains e.Message "seven" "f's failure"
+                | e -> failtestf "expected f's InvalidOperationException, got %O" e
+
+                // A slot whose first batch held 7 tagged none of its items: it leaves no file. The
+                // others: one file each, once the slots see the run gone.
+                let files () = folder.GetFiles()
+
+                if not (Threading.SpinWait.SpinUntil((fun () -> files().Length >= 1), hangGuard)) then
+                    failtest "hang: no state disposed after the failed run"
+
+                Expect.all (files ()) (fun i -> File.ReadAllLines(i.FullName).Length = 1) "each disposed once"
+
+                Expect.isLessThanOrEqual (files().Length) 2 "at most one state per slot"
             finally
                 folder.Delete true
 
