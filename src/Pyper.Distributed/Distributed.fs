@@ -27,6 +27,7 @@ module internal Checks =
         counts
         rateLimit
         (bound: byte[])
+        (state: FunctionRef -> FunctionRef[])
         =
         let workersValue = defaultArg workers 1
         // The map stages' own checks and messages ("Stage 'x' (map): ...").
@@ -36,7 +37,7 @@ module internal Checks =
         let stage =
             Build.remoteStage<'a, 'b>
                 Executor.Distributed
-                (fun fref -> DistributedExecutor<'a, 'b>(server, max 1 workersValue, fref, policy, bound))
+                (fun fref -> DistributedExecutor<'a, 'b>(server, max 1 workersValue, fref, policy, bound, state fref))
                 f
                 locate
                 workers
@@ -54,6 +55,34 @@ module internal Checks =
 
         stage
 
+    /// No per-worker state.
+    let stateless (_: FunctionRef) : FunctionRef[] = Array.empty
+
+    /// A stage's per-worker state functions (`init`, then `dispose` if any), checked as the process
+    /// executor checks them (null, then how a worker re-creates each: refused naming it), and in
+    /// the assembly of the stage's function `fref` (a worker loads that one assembly).
+    let state (name: string option) (init: obj) locateInit (dispose: obj option) locateDispose (fref: FunctionRef) =
+        BuildState.stateChecks name init dispose
+        let stage = Build.describe name StageKind.Map
+
+        let located (what: string) (locate: unit -> Result<FunctionRef, string>) =
+            match locate () with
+            | Ok r when r.Assembly <> fref.Assembly ->
+                raise (
+                    ArgumentException(
+                        $"{stage}: cannot run on distributed workers: {what} is in {IO.Path.GetFileName r.Assembly}, the function in {IO.Path.GetFileName fref.Assembly}: init, f and dispose must be in one assembly.",
+                        what
+                    )
+                )
+            | Ok r -> r
+            | Error why -> raise (ArgumentException($"{stage}: cannot run in worker processes: {what}: {why}.", what))
+
+        [|
+            located "init" locateInit
+            if dispose.IsSome then
+                located "dispose" locateDispose
+        |]
+
     /// A C# stage: its options as the C# API gives them.
     let csharp<'a, 'b>
         (f: obj)
@@ -68,6 +97,7 @@ module internal Checks =
         (counts: FailureCounts)
         (rateLimit: RateLimiter)
         bound
+        state
         =
         let onError =
             if isNull onError then
@@ -89,6 +119,7 @@ module internal Checks =
                 (if isNull (box counts) then None else Some counts)
                 (Option.ofObj rateLimit)
                 bound
+                state
         )
 
 [<AbstractClass; Sealed>]
@@ -149,6 +180,7 @@ type DistributedStage =
             counts
             rateLimit
             null
+            Checks.stateless
 
     static member MapBound<'c, 'a, 'b>
         (
@@ -179,6 +211,44 @@ type DistributedStage =
             counts
             rateLimit
             bound
+            Checks.stateless
+
+    static member MapWithState<'s, 'a, 'b>
+        (
+            init: Func<'s>,
+            f: Func<'s, 'a, 'b>,
+            server: NatsServer,
+            [<Optional>] dispose: Action<'s>,
+            [<Optional; DefaultParameterValue(1)>] workers: int,
+            [<Optional; DefaultParameterValue(1024)>] capacity: int,
+            [<Optional; DefaultParameterValue(false)>] ordered: bool,
+            [<Optional; DefaultParameterValue(null: string)>] name: string,
+            [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan>,
+            [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy,
+            [<Optional>] counts: FailureCounts,
+            [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter
+        ) : Pyper.Pipeline<'a, 'b> =
+        let dispose = Option.ofObj dispose
+
+        Checks.csharp<'a, 'b>
+            (box f)
+            (fun () -> Build.boundDelegateRef f)
+            server
+            workers
+            capacity
+            ordered
+            name
+            timeout
+            onError
+            counts
+            rateLimit
+            null
+            (Checks.state
+                (Option.ofObj name)
+                (box init)
+                (fun () -> FunctionRefs.ofDelegate init)
+                (Option.map box dispose)
+                (fun () -> FunctionRefs.ofDelegate dispose.Value))
 
 [<AbstractClass; Sealed; Extension>]
 type DistributedPipelineExtensions =
@@ -284,6 +354,7 @@ module DistributedStages =
                 counts
                 rateLimit
                 null
+                Checks.stateless
 
         static member distributedBound
             (
@@ -314,3 +385,39 @@ module DistributedStages =
                 counts
                 rateLimit
                 bound
+                Checks.stateless
+
+        static member distributedWithState
+            (
+                init: unit -> 's,
+                f: 's -> 'a -> 'b,
+                server: NatsServer,
+                ?dispose: 's -> unit,
+                ?workers,
+                ?capacity,
+                ?ordered,
+                ?name,
+                ?timeout,
+                ?onError,
+                ?counts,
+                ?rateLimit
+            ) =
+            Checks.stage<'a, 'b>
+                (box f)
+                (fun () -> Pyper.FunctionRefs.ofFunction (box f))
+                server
+                workers
+                capacity
+                ordered
+                name
+                timeout
+                onError
+                counts
+                rateLimit
+                null
+                (Checks.state
+                    name
+                    (box init)
+                    (fun () -> Pyper.FunctionRefs.ofFunction (box init))
+                    (Option.map box dispose)
+                    (fun () -> Pyper.FunctionRefs.ofFunction (box dispose.Value)))

@@ -62,6 +62,25 @@ type DistributedStage =
         [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter ->
             Pyper.Pipeline<'a, 'b>
 
+    /// `Map` with per-worker state (F#: `Stage.distributedWithState`): each serving slot of a worker
+    /// process calls `init` before its first batch of the stage, `f` with its state and each item,
+    /// and `dispose` (optional) once when it stops serving the stage. `init`, `f` and `dispose` obey
+    /// `f`'s rules of `Map` and are in one assembly; each is refused here, named, otherwise.
+    static member MapWithState<'s, 'a, 'b> :
+        init: Func<'s> *
+        f: Func<'s, 'a, 'b> *
+        server: NatsServer *
+        [<Optional>] dispose: Action<'s> *
+        [<Optional; DefaultParameterValue(1)>] workers: int *
+        [<Optional; DefaultParameterValue(1024)>] capacity: int *
+        [<Optional; DefaultParameterValue(false)>] ordered: bool *
+        [<Optional; DefaultParameterValue(null: string)>] name: string *
+        [<Optional; DefaultParameterValue(Nullable<TimeSpan>())>] timeout: Nullable<TimeSpan> *
+        [<Optional; DefaultParameterValue(null: Pyper.ErrorPolicy)>] onError: Pyper.ErrorPolicy *
+        [<Optional>] counts: Pyper.FailureCounts *
+        [<Optional; DefaultParameterValue(null: RateLimiter)>] rateLimit: RateLimiter ->
+            Pyper.Pipeline<'a, 'b>
+
 /// `MapDistributed`: the fluent form of `DistributedStage.Map` on any C# pipeline
 /// (`Pipeline.Start<int>().Branch(GetData).MapDistributed(Step3, server, workers: 20)`).
 [<AbstractClass; Sealed; Extension>]
@@ -156,6 +175,29 @@ module DistributedStages =
             f: ('c -> 'a -> 'b) *
             arg: 'c *
             server: NatsServer *
+            ?workers: int *
+            ?capacity: int *
+            ?ordered: bool *
+            ?name: string *
+            ?timeout: System.TimeSpan *
+            ?onError: OnError<'a> *
+            ?counts: Pyper.FailureCounts *
+            ?rateLimit: System.Threading.RateLimiting.RateLimiter ->
+                Pipeline<'a, 'b>
+
+        /// `distributed` with per-worker state (as `Stage.mapWithState` with `multiprocess`): each
+        /// serving slot of a worker process (`--parallel` of them per worker) calls `init` before its
+        /// first batch of the stage, `f` with its state and each item, and `dispose` once when it
+        /// stops serving the stage: the run's queue is gone (the run ended, failed or was cancelled),
+        /// or the worker stops. The state never crosses: only items and results do. `init`, `f` and
+        /// `dispose` obey `f`'s rules of `distributed` and are in one assembly; each is refused here,
+        /// named, otherwise. A failure of `init` fails the run whatever `onError` says; a failure of
+        /// `dispose` comes after the run has ended, and is logged by the worker.
+        static member distributedWithState:
+            init: (unit -> 's) *
+            f: ('s -> 'a -> 'b) *
+            server: NatsServer *
+            ?dispose: ('s -> unit) *
             ?workers: int *
             ?capacity: int *
             ?ordered: bool *

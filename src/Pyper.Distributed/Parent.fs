@@ -259,11 +259,18 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
 
     /// Leases the shared connection, makes sure of the shared streams (once per server and process), subscribes to
     /// the run's results and creates its consumer at once, then announces the stage to workers.
-    /// `timeout` and `bound` are the stage's per-item timeout and bound argument, for its workers
-    /// (see `StageDescriptor`).
+    /// `timeout`, `bound` and `state` are the stage's per-item timeout, bound argument and
+    /// per-worker state functions, for its workers (see `StageDescriptor`).
     static member Start
-        (server: NatsServer, stage: string, fref: FunctionRef, workers: int, timeout: TimeSpan option, bound: byte[])
-        : Task<RemoteStage> =
+        (
+            server: NatsServer,
+            stage: string,
+            fref: FunctionRef,
+            workers: int,
+            timeout: TimeSpan option,
+            bound: byte[],
+            state: FunctionRef[]
+        ) : Task<RemoteStage> =
         task {
             let! shared = Connections.lease server $"Stage '{stage}'"
             let js = NatsJSContext(shared.Connection)
@@ -338,6 +345,7 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
                             |> Option.map (fun t -> int (ceil t.TotalMilliseconds))
                             |> Option.defaultValue 0
                         Bound = (if isNull bound then Array.empty else bound)
+                        State = state
                     }
 
                 let announce () : Task =

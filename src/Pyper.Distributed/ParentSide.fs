@@ -88,12 +88,21 @@ module internal ParentSide =
         (fref: FunctionRef)
         (policy: StagePolicy<'a> option)
         (bound: byte[])
+        (state: FunctionRef[])
         (env: WorkerEnv<'a, 'b>)
         : Task =
         RemoteStages.using
             env
             (fun () ->
-                RemoteStage.Start(server, env.Name, fref, workers, policy |> Option.bind (fun p -> p.Timeout), bound))
+                RemoteStage.Start(
+                    server,
+                    env.Name,
+                    fref,
+                    workers,
+                    policy |> Option.bind (fun p -> p.Timeout),
+                    bound,
+                    state
+                ))
             (fun remote ->
                 WireWarmUp.arrays<'a, 'b>()
                 let token = env.Ctx.Token
@@ -129,9 +138,15 @@ module internal ParentSide =
                         Array.blit results 0 output 0 n
                         cost * Stopwatch.Frequency / TimeSpan.TicksPerSecond
                     else
-                        raise (
+                        let e =
                             RemoteExceptions.decode env.Name typeof<'b> (ReadOnlySpan(reply, 10, reply.Length - 10))
-                        )
+
+                        // A worker's state failed (`init`): the run fails whatever the policy (the
+                        // policy loop lets a StateFailureException through and unwraps it).
+                        if kind = Protocol.StateFailure && policy.IsSome then
+                            raise (StateFailureException e)
+
+                        raise e
 
                 match policy with
                 | None ->
@@ -149,10 +164,17 @@ module internal ParentSide =
 /// processes serve it, on any machine.
 [<Sealed>]
 type internal DistributedExecutor<'a, 'b>
-    (server: NatsServer, workers: int, fref: FunctionRef, policy: StagePolicy<'a> option, bound: byte[]) =
+    (
+        server: NatsServer,
+        workers: int,
+        fref: FunctionRef,
+        policy: StagePolicy<'a> option,
+        bound: byte[],
+        state: FunctionRef[]
+    ) =
     inherit StageExecutor<'a, 'b>()
     override _.Kind = Executor.Distributed
     override _.Quantum = Sizer.RemoteQuantum
 
     override _.Start(env, ended) =
-        env.Ctx.StartTask((fun () -> ParentSide.body server workers fref policy bound env), ended)
+        env.Ctx.StartTask((fun () -> ParentSide.body server workers fref policy bound state env), ended)

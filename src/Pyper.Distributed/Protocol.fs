@@ -44,6 +44,11 @@ type internal StageDescriptor =
         /// The stage's bound argument as JSON (empty: none): each worker applies the function to it
         /// once, when it first runs a batch of the stage.
         Bound: byte[]
+        /// A stage with per-worker state (empty: none): its `init`, then its `dispose` if any, in
+        /// the function's assembly (their `Assembly` is the parent's path; a worker uses its own).
+        /// Each serving slot of a worker makes its state before its first batch of the stage and
+        /// disposes it when it stops serving the stage (see `SlotState`).
+        State: FunctionRef[]
     }
 
 /// Names, frames and the shared set-up of the distributed executor's use of JetStream.
@@ -57,7 +62,7 @@ type internal StageDescriptor =
 module internal Protocol =
     /// The format version of descriptors and frames.
     [<Literal>]
-    let Version = 4uy
+    let Version = 5uy
 
     [<Literal>]
     let StagesStream = "PYPER_STAGES"
@@ -77,6 +82,10 @@ module internal Protocol =
 
     [<Literal>]
     let Failure = 4uy
+
+    /// A failure of the slot's per-worker state (`init`): fails the run whatever the policy.
+    [<Literal>]
+    let StateFailure = 5uy
 
     /// Messages left by a parent that died without cleaning up expire after this.
     let SafetyAge = TimeSpan.FromHours 24.0

@@ -32,7 +32,8 @@ type internal BoundBatches(make: unit -> IBatchRunner) =
 /// replied that it has the batch's result, so a worker killed at any point loses nothing.
 module internal WorkerLoop =
     /// The function of a stage, from the worker's assemblies folder (or already loaded, same build).
-    let private runnerOf (assemblies: string) (d: StageDescriptor) : Result<IBatchRunner, string> =
+    /// A stage with per-worker state gives each serving slot a runner of its own.
+    let private runnerOf (assemblies: string) (d: StageDescriptor) : Result<unit -> ISlotRunner, string> =
         let loaded =
             AppDomain.CurrentDomain.GetAssemblies()
             |> Array.tryFind (fun a ->
@@ -67,10 +68,16 @@ module internal WorkerLoop =
                             MethodArgs = d.MethodArgs
                         }
 
-                    if d.Bound.Length = 0 then
-                        Ok(ProcessHost.runner fref)
+                    let shared (r: IBatchRunner) =
+                        let one = SharedRunner r :> ISlotRunner
+                        fun () -> one
+
+                    if not (isNull d.State) && d.State.Length > 0 then
+                        Ok(SlotStates.maker path fref d.State)
+                    elif d.Bound.Length = 0 then
+                        Ok(shared (ProcessHost.runner fref))
                     else
-                        Ok(BoundBatches(fun () -> ProcessHost.boundBatchRunner fref d.Bound))
+                        Ok(shared (BoundBatches(fun () -> ProcessHost.boundBatchRunner fref d.Bound)))
             with e ->
                 Error $"{path} could not be loaded: {e.Message}"
 
@@ -145,8 +152,10 @@ module internal WorkerLoop =
                     (fun () ->
                         try
                             Protocol.Results, runner.Run items
-                        with e ->
-                            Protocol.Failure, RemoteFailures.encode e),
+                        with
+                        | :? StateFailureException as s ->
+                            Protocol.StateFailure, RemoteFailures.encode s.InnerException
+                        | e -> Protocol.Failure, RemoteFailures.encode e),
                     CancellationToken.None,
                     TaskCreationOptions.LongRunning,
                     TaskScheduler.Default
@@ -168,42 +177,57 @@ module internal WorkerLoop =
                     do! msg.AckTerminateAsync(cancellationToken = token)
         }
 
-    /// Serves one stage until its consumer is deleted (the run ended) or `token` is cancelled.
+    /// Serves one stage until its consumer is deleted (the run ended) or `token` is cancelled, in
+    /// `parallelism` slots, each with its runner from `slot` (closed when the slot stops: a failing
+    /// `dispose` is logged, the run being over by then).
     let private serveStage
         (js: NatsJSContext)
         (giveUpAfter: TimeSpan)
         (d: StageDescriptor)
-        (runner: IBatchRunner)
+        (slot: unit -> ISlotRunner)
         (parallelism: int)
+        (log: string -> unit)
         (token: CancellationToken)
         : Task =
         let one () : Task =
             task {
                 let mutable go = true
+                let runner = slot ()
 
-                while go && not token.IsCancellationRequested do
-                    try
-                        let! consumer = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
-
-                        while go do
-                            let! next =
-                                consumer.NextAsync<byte[]>(
-                                    opts = NatsJSNextOpts(Expires = TimeSpan.FromSeconds 2.0),
-                                    cancellationToken = token
-                                )
-
-                            if not (isNull (box next)) then
-                                do! handle js giveUpAfter d runner next token
-                    with
-                    | :? OperationCanceledException when token.IsCancellationRequested -> go <- false
-                    | e when Protocol.isGone e -> go <- false
-                    | _ ->
-                        // A server restart, or a deleted consumer: is the stage still there?
+                try
+                    while go && not token.IsCancellationRequested do
                         try
-                            let! _ = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
-                            do! Task.Delay(100, token)
-                        with _ ->
-                            go <- false
+                            let! consumer = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
+
+                            while go do
+                                let! next =
+                                    consumer.NextAsync<byte[]>(
+                                        opts = NatsJSNextOpts(Expires = TimeSpan.FromSeconds 2.0),
+                                        cancellationToken = token
+                                    )
+
+                                if isNull (box next) then
+                                    // An idle pull: is the run still there? A deleted consumer
+                                    // (404) ends the slot, which then disposes its state.
+                                    let! _ = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
+                                    ()
+                                else
+                                    do! handle js giveUpAfter d runner next token
+                        with
+                        | :? OperationCanceledException when token.IsCancellationRequested -> go <- false
+                        | e when Protocol.isGone e -> go <- false
+                        | _ ->
+                            // A server restart, or a deleted consumer: is the stage still there?
+                            try
+                                let! _ = js.GetConsumerAsync(d.WorkStream, d.WorkConsumer, token)
+                                do! Task.Delay(100, token)
+                            with _ ->
+                                go <- false
+                finally
+                    try
+                        runner.Close()
+                    with e ->
+                        log $"stage '{d.Stage}': dispose failed: {e.Message}"
             }
 
         Task.WhenAll(Array.init parallelism (fun _ -> Task.Run(fun () -> one ())))
@@ -249,7 +273,7 @@ module internal WorkerLoop =
                                 serving[d.WorkConsumer] <-
                                     task {
                                         try
-                                            do! serveStage js server.GiveUpAfter d runner parallelism token
+                                            do! serveStage js server.GiveUpAfter d runner parallelism log token
                                         finally
                                             serving.TryRemove d.WorkConsumer |> ignore
                                     }

@@ -97,4 +97,20 @@ public static class DistributedFacadeTests
         var badSink = await Throws(() => Task.FromResult(Pipeline.Start<int>().MapDistributed(FailOnSevens, server, onError: ErrorPolicy.DeadLetter<string>((_, _, _) => { }))));
         True(badSink is ArgumentException { ParamName: "onError" }, $"a sink of another type refused, got {badSink}");
     }
+
+    private static int[] MakeSlotState() => new int[1];
+
+    private static int CountInSlot(int[] state, int x) => ++state[0] > 0 ? x * 3 : 0;
+
+    private static void ForgetSlotState(int[] state) => state[0] = 0;
+
+    /// DistributedStage.MapWithState: static methods run; a capturing init is refused, named.
+    public static async Task CheckState(NatsServer server)
+    {
+        var tripled = Flow.From(Enumerable.Range(1, 20)) | DistributedStage.MapWithState<int[], int, int>(MakeSlotState, CountInSlot, server, ForgetSlotState, workers: 2);
+        Sequence((await Collect(tripled)).OrderBy(x => x), Enumerable.Range(1, 20).Select(x => 3 * x), "with state");
+        var size = 2;
+        var capturing = await Throws(() => Task.FromResult(DistributedStage.MapWithState<int[], int, int>(() => new int[size], CountInSlot, server, name: "c")));
+        True(capturing is ArgumentException { ParamName: "init" } && capturing.Message.Contains("Stage 'c' (map)"), $"a capturing init is refused, got {capturing}");
+    }
 }

@@ -29,6 +29,7 @@ let private all =
             DistributedTests.tests
             DistributedFaultTests.tests
             DistributedPolicyTests.tests
+            DistributedStateTests.tests
             ObservabilityTests.tests
             ProgressTests.tests
             PolicyTests.tests

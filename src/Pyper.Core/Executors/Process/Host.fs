@@ -92,7 +92,7 @@ module internal ProcessHost =
 
     /// The method `r` names and the instance to call it on (null for a static method), its
     /// assembly loaded and the assembly's folder searched for its dependencies.
-    let private locate (r: FunctionRef) : MethodInfo * obj =
+    let internal locate (r: FunctionRef) : MethodInfo * obj =
         let assembly = AssemblyLoadContext.Default.LoadFromAssemblyPath r.Assembly
         resolveIn (Path.GetDirectoryName r.Assembly)
         let t, m = r.Resolve assembly

@@ -1,0 +1,195 @@
+/// Per-worker state (issue #17) on the distributed executor: each test starts its own nats-server
+/// and worker hosts (see `DistributedTests.withCluster`), kills them at the end and checks that
+/// nothing of the run is left on the server.
+module Pyper.Tests.DistributedStateTests
+
+open System
+open System.IO
+open Expecto
+open Pyper
+open Pyper.FSharp
+open Pyper.Distributed
+open Pyper.Tests.Helpers
+open Pyper.Tests.DistributedTests
+
+/// One serving slot's state: the worker process it was made in, its number among the states made
+/// there, the folder its items named and the calls it served.
+[<AllowNullLiteral>]
+type SlotProbe(pid: int, number: int) =
+    member _.Pid = pid
+    member _.Number = number
+    member val Folder: string = null with get, set
+    member val Calls = 0 with get, set
+
+/// Functions that distributed workers run: module functions of this compiled assembly. Counters
+/// live in the worker process's AppDomain data.
+module StateRemote =
+    let init () =
+        let key = "pyper-test-distributed-state-inits"
+
+        let n =
+            lock AppDomain.CurrentDomain (fun () ->
+                let n =
+                    match AppDomain.CurrentDomain.GetData key with
+                    | :? int as n -> n + 1
+                    | _ -> 1
+
+                AppDomain.CurrentDomain.SetData(key, box n)
+                n)
+
+        SlotProbe(Environment.ProcessId, n)
+
+    /// Keeps the item's folder for `dispose`; the result says which state served the item.
+    let tag (p: SlotProbe) (folder: string, x: int) =
+        p.Folder <- folder
+        p.Calls <- p.Calls + 1
+        p.Pid, p.Number, x * 2
+
+    /// Appends a line (the calls served) to a file named after the state: one line per dispose.
+    let dispose (p: SlotProbe) =
+        if not (isNull p.Folder) then
+            File.AppendAllText(Path.Combine(p.Folder, $"{p.Pid}-{p.Number}"), $"{p.Calls}\n")
+
+    let failingInit () : SlotProbe = invalidOp "no model here"
+
+    let tagUnlessSeven (p: SlotProbe) (folder: string, x: int) =
+        if x = 7 then invalidOp "seven" else tag p (folder, x)
+
+    let plain (_: SlotProbe) (x: int) = x
+
+let private available =
+    [
+        distributedTest "distributedWithState: init once per serving slot, f with its state, dispose once each" 2
+        <| fun f _ ->
+            let folder = Directory.CreateTempSubdirectory "pyper-diststate-"
+
+            try
+                let items = [ 1..200 ] |> List.map (fun x -> folder.FullName, x)
+
+                let p =
+                    Stage.distributedWithState (
+                        StateRemote.init,
+                        StateRemote.tag,
+                        f.Server,
+                        dispose = StateRemote.dispose,
+                        workers = 4
+                    )
+
+                let results = collect (Pipeline.toSeqFrom items p)
+                Expect.equal (results |> List.map (fun (_, _, y) -> y) |> sorted) [ 2..2..400 ] "results"
+
+                let states =
+                    results |> List.map (fun (pid, n, _) -> $"{pid}-{n}") |> List.distinct |> sorted
+
+                // Two worker hosts of two slots each: at most four states.
+                Expect.isLessThanOrEqual states.Length 4 "inits bounded by the workers' slots"
+
+                // Each slot disposes its state when it sees the run's queue gone (after the run).
+                let files () =
+                    folder.GetFiles() |> Array.map (fun i -> i.Name) |> List.ofArray |> sorted
+
+                if not (Threading.SpinWait.SpinUntil((fun () -> files () = states), hangGuard)) then
+                    failtestf
+                        "hang: not every state disposed within %O: states %A, files %A"
+                        hangGuard
+                        states
+                        (files ())
+
+                let lines =
+                    states
+                    |> List.map (fun s -> File.ReadAllLines(Path.Combine(folder.FullName, s)))
+
+                Expect.all lines (fun l -> l.Length = 1) "each state disposed exactly once"
+
+                Expect.equal (lines |> List.sumBy (fun l -> int l[0])) 200 "the states served every item between them"
+            finally
+                folder.Delete true
+
+        distributedTest "distributedWithState: a run that fails in f still disposes each state once" 1
+        <| fun f _ ->
+            let folder = Directory.CreateTempSubdirectory "pyper-diststate-"
+
+            try
+                let items = [ 1..40 ] |> List.map (fun x -> folder.FullName, x)
+
+                let p =
+                    Stage.distributedWithState (
+                        StateRemote.init,
+                        StateRemote.tagUnlessSeven,
+                        f.Server,
+                        dispose = StateRemote.dispose,
+                        workers = 2
+                    )
+
+                match catchExn (fun () -> collect (Pipeline.toSeqFrom items p) |> ignore) with
+                | :? InvalidOperationException as e -> Expect.stringContains e.Message "seven" "f's failure"
+                | e -> failtestf "expected f's InvalidOperationException, got %O" e
+
+                // A slot whose first batch held 7 tagged none of its items: it leaves no file. The
+                // others: one file each, once the slots see the run gone.
+                let files () = folder.GetFiles()
+
+                if not (Threading.SpinWait.SpinUntil((fun () -> files().Length >= 1), hangGuard)) then
+                    failtest "hang: no state disposed after the failed run"
+
+                Expect.all (files ()) (fun i -> File.ReadAllLines(i.FullName).Length = 1) "each disposed once"
+
+                Expect.isLessThanOrEqual (files().Length) 2 "at most one state per slot"
+            finally
+                folder.Delete true
+
+        distributedTest "distributedWithState: a failing init fails the run with its message, whatever the policy" 1
+        <| fun f _ ->
+            for onError in [ None; Some OnError.Skip ] do
+                let p =
+                    Stage.distributedWithState (
+                        StateRemote.failingInit,
+                        StateRemote.plain,
+                        f.Server,
+                        ?onError = onError
+                    )
+
+                match catchExn (fun () -> collect (Pipeline.toSeqFrom [ 1..10 ] p) |> ignore) with
+                | :? InvalidOperationException as e -> Expect.stringContains e.Message "no model here" "init's message"
+                | e -> failtestf "expected init's InvalidOperationException, got %O" e
+
+        testCase "distributedWithState refuses a capturing init or dispose when built, naming it" (fun () ->
+            let server = NatsServer "nats://127.0.0.1:1"
+            let pid = Environment.ProcessId
+
+            let refused (paramName: string) (build: unit -> obj) =
+                match catchExn (build >> ignore) with
+                | :? ArgumentException as a ->
+                    Expect.equal a.ParamName paramName "names the function"
+                    Expect.stringContains a.Message "Stage 's' (map)" "names the stage"
+                    Expect.stringContains a.Message paramName "says which function"
+                | e -> failtestf "expected an ArgumentException, got %O" e
+
+            refused "init" (fun () ->
+                box (
+                    Stage.distributedWithState ((fun () -> SlotProbe(pid, 0)), StateRemote.plain, server, name = "s")
+                ))
+
+            refused "dispose" (fun () ->
+                box (
+                    Stage.distributedWithState (
+                        StateRemote.init,
+                        StateRemote.plain,
+                        server,
+                        dispose =
+                            (fun (p: SlotProbe) ->
+                                if p.Pid = pid then
+                                    ()),
+                        name = "s"
+                    )
+                )))
+
+        distributedTest "C# facade: DistributedStage.MapWithState" 1 (fun f _ ->
+            withinGuard "the C# state stage" (fun () ->
+                task { do! Pyper.CSharp.Tests.DistributedFacadeTests.CheckState f.Server }))
+    ]
+
+let tests =
+    match natsServerPath with
+    | Some _ -> testSequenced (testList "distributed state" available)
+    | None -> testList "distributed state" []
