@@ -16,13 +16,19 @@ type internal SharedConnection(conn: NatsConnection) =
     let mutable closed = false
     let mutable idle: Timer = null
 
+    /// Lingering connections, held here until their timer closes them: a timer that nothing
+    /// references may be collected before it fires (once the server's options are collected, the
+    /// table no longer holds the connection), and the connection would then stay open.
+    static let lingering =
+        System.Collections.Concurrent.ConcurrentDictionary<SharedConnection, byte>()
+
     /// How long an unused connection stays open for the next run.
     static member Linger = TimeSpan.FromSeconds 2.0
 
     member _.Connection = conn
 
     /// Takes a reference, unless the connection is closed or not open (then false: connect anew).
-    member _.TryLease() =
+    member this.TryLease() =
         lock sync (fun () ->
             if closed || conn.ConnectionState <> NatsConnectionState.Open then
                 false
@@ -32,6 +38,7 @@ type internal SharedConnection(conn: NatsConnection) =
                 if not (isNull idle) then
                     idle.Dispose()
                     idle <- null
+                    lingering.TryRemove this |> ignore
 
                 true)
 
@@ -41,12 +48,16 @@ type internal SharedConnection(conn: NatsConnection) =
             users <- users - 1
 
             if users = 0 && not closed then
+                lingering[this] <- 0uy
+
                 idle <-
                     new Timer((fun _ -> this.CloseIfIdle()), null, SharedConnection.Linger, Timeout.InfiniteTimeSpan))
 
-    member private _.CloseIfIdle() =
+    member private this.CloseIfIdle() =
         let close =
             lock sync (fun () ->
+                lingering.TryRemove this |> ignore
+
                 if users = 0 && not closed then
                     closed <- true
 
