@@ -2,7 +2,6 @@ namespace Pyper.Distributed
 
 open System
 open System.Reflection
-open System.Text.Json
 open Pyper
 
 /// A serving slot's batch runner; `Close` disposes the slot's per-worker state, if any (its
@@ -32,34 +31,10 @@ type internal SlotState<'s, 'a, 'b>(init: unit -> 's, bind: 's -> Func<'a, 'b>, 
     /// The runner of `f` (an F# function value `'s -> 'a -> 'b`, its one-argument Invoke, or a
     /// delegate method of the state and the item), `init` and `dispose` (null: none).
     static member Of(initM: MethodInfo, initT: obj, fM: MethodInfo, fT: obj, disposeM: MethodInfo, disposeT: obj) =
-        let invoke (m: MethodInfo) (target: obj) (args: obj[]) =
-            m.Invoke(target, BindingFlags.DoNotWrapExceptions, null, args, null)
+        let init, bind, dispose =
+            StateFunctions.ofMethods<'s, 'a, 'b>(initM, initT, fM, fT, disposeM, disposeT)
 
-        let initArgs: obj[] =
-            if initM.GetParameters().Length = 1 then
-                [| null |]
-            else
-                [||]
-
-        let bind: 's -> Func<'a, 'b> =
-            if fM.GetParameters().Length = 1 then
-                let d =
-                    fM.CreateDelegate(typeof<Func<'s, FSharpFunc<'a, 'b>>>, fT) :?> Func<'s, FSharpFunc<'a, 'b>>
-
-                fun s ->
-                    let h = d.Invoke s
-                    Func<'a, 'b>(fun x -> h x)
-            else
-                let d = fM.CreateDelegate(typeof<Func<'s, 'a, 'b>>, fT) :?> Func<'s, 'a, 'b>
-                fun s -> Func<'a, 'b>(fun x -> d.Invoke(s, x))
-
-        let dispose =
-            if isNull disposeM then
-                None
-            else
-                Some(fun (s: 's) -> invoke disposeM disposeT [| box s |] |> ignore)
-
-        SlotState<'s, 'a, 'b>((fun () -> unbox<'s>(invoke initM initT initArgs)), bind, dispose) :> ISlotRunner
+        SlotState<'s, 'a, 'b>(init, bind, dispose) :> ISlotRunner
 
     interface ISlotRunner with
         /// The results, after the function's own time for the batch (as `BatchRunner`'s).
@@ -76,21 +51,7 @@ type internal SlotState<'s, 'a, 'b>(init: unit -> 's, bind: 's -> Func<'a, 'b>, 
             if not (isNull failed) then
                 raise (StateFailureException failed)
 
-            let items = JsonSerializer.Deserialize<'a[]>(ReadOnlySpan payload, Wire.options)
-            let clock = Diagnostics.Stopwatch.StartNew()
-            let results = Array.map g.Invoke items
-            let cost = clock.Elapsed.Ticks
-
-            let json =
-                try
-                    JsonSerializer.SerializeToUtf8Bytes(results, Wire.options)
-                with e ->
-                    raise (ResultsNotSerializableException e)
-
-            let reply = Array.zeroCreate<byte>(8 + json.Length)
-            Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(Span(reply, 0, 8), cost)
-            Array.blit json 0 reply 8 json.Length
-            reply
+            BatchRunner<'a, 'b>.Reply(g, payload)
 
         member _.Close() = cell.Close()
 

@@ -15,6 +15,43 @@ type internal IStateRunner =
     /// serves another stage: the parent no longer listens).
     abstract Drop: unit -> unit
 
+/// A stage's per-worker state functions as a worker re-created them: `init` (none or one, unit,
+/// parameter), `f` (an F# function value `'s -> 'a -> 'b`, its one-argument Invoke, or a delegate
+/// method of the state and the item) and `dispose` (null: none), made callable. Process stages
+/// (`StateRunner`) and distributed ones (their serving slots) share it.
+module internal StateFunctions =
+    let ofMethods<'s, 'a, 'b>
+        (initM: MethodInfo, initT: obj, fM: MethodInfo, fT: obj, disposeM: MethodInfo, disposeT: obj)
+        : (unit -> 's) * ('s -> Func<'a, 'b>) * ('s -> unit) option =
+        let invoke (m: MethodInfo) (target: obj) (args: obj[]) =
+            m.Invoke(target, BindingFlags.DoNotWrapExceptions, null, args, null)
+
+        let initArgs: obj[] =
+            if initM.GetParameters().Length = 1 then
+                [| null |]
+            else
+                [||]
+
+        let bind: 's -> Func<'a, 'b> =
+            if fM.GetParameters().Length = 1 then
+                let d =
+                    fM.CreateDelegate(typeof<Func<'s, FSharpFunc<'a, 'b>>>, fT) :?> Func<'s, FSharpFunc<'a, 'b>>
+
+                fun s ->
+                    let h = d.Invoke s
+                    Func<'a, 'b>(fun x -> h x)
+            else
+                let d = fM.CreateDelegate(typeof<Func<'s, 'a, 'b>>, fT) :?> Func<'s, 'a, 'b>
+                fun s -> Func<'a, 'b>(fun x -> d.Invoke(s, x))
+
+        let dispose =
+            if isNull disposeM then
+                None
+            else
+                Some(fun (s: 's) -> invoke disposeM disposeT [| box s |] |> ignore)
+
+        (fun () -> unbox<'s>(invoke initM initT initArgs)), bind, dispose
+
 /// A map stage's runner with per-worker state, in a worker process. The state is made when the
 /// stage's frame comes (`init`'s failure is kept, and answers the next call or Release); `bind`
 /// applies the function to it once per state (an F# function may do its set-up there), and the
@@ -59,34 +96,8 @@ type internal StateRunner<'s, 'a, 'b>
     static member Of
         (initM: MethodInfo, initT: obj, fM: MethodInfo, fT: obj, disposeM: MethodInfo, disposeT: obj, recycleAfter: int)
         : IStateRunner =
-        let invoke (m: MethodInfo) (target: obj) (args: obj[]) =
-            m.Invoke(target, BindingFlags.DoNotWrapExceptions, null, args, null)
-
-        let initArgs: obj[] =
-            if initM.GetParameters().Length = 1 then
-                [| null |]
-            else
-                [||]
-
-        let init () = unbox<'s>(invoke initM initT initArgs)
-
-        let bind: 's -> Func<'a, 'b> =
-            if fM.GetParameters().Length = 1 then
-                let d =
-                    fM.CreateDelegate(typeof<Func<'s, FSharpFunc<'a, 'b>>>, fT) :?> Func<'s, FSharpFunc<'a, 'b>>
-
-                fun s ->
-                    let h = d.Invoke s
-                    Func<'a, 'b>(fun x -> h x)
-            else
-                let d = fM.CreateDelegate(typeof<Func<'s, 'a, 'b>>, fT) :?> Func<'s, 'a, 'b>
-                fun s -> Func<'a, 'b>(fun x -> d.Invoke(s, x))
-
-        let dispose =
-            if isNull disposeM then
-                None
-            else
-                Some(fun (s: 's) -> invoke disposeM disposeT [| box s |] |> ignore)
+        let init, bind, dispose =
+            StateFunctions.ofMethods<'s, 'a, 'b>(initM, initT, fM, fT, disposeM, disposeT)
 
         StateRunner<'s, 'a, 'b>(init, bind, dispose, recycleAfter)
 
