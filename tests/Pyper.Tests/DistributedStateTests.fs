@@ -45,10 +45,14 @@ module StateRemote =
         p.Calls <- p.Calls + 1
         p.Pid, p.Number, x * 2
 
-    /// Appends a line (the calls served) to a file named after the state: one line per dispose.
+    /// Writes the calls served to a new file named after the state, one per dispose: written aside,
+    /// then moved in, so a reader never sees it half written.
     let dispose (p: SlotProbe) =
         if not (isNull p.Folder) then
-            File.AppendAllText(Path.Combine(p.Folder, $"{p.Pid}-{p.Number}"), $"{p.Calls}\n")
+            let aside = Directory.CreateDirectory(Path.Combine(p.Folder, ".aside")).FullName
+            let name = $"{p.Pid}-{p.Number}.{Guid.NewGuid():N}"
+            File.WriteAllText(Path.Combine(aside, name), string p.Calls)
+            File.Move(Path.Combine(aside, name), Path.Combine(p.Folder, name))
 
     let failingInit () : SlotProbe = invalidOp "no model here"
 
@@ -56,6 +60,16 @@ module StateRemote =
         if x = 7 then invalidOp "seven" else tag p (folder, x)
 
     let plain (_: SlotProbe) (x: int) = x
+
+/// The disposals written to `folder` so far: each state's name and the calls it served, once per
+/// dispose.
+let private disposals (folder: DirectoryInfo) =
+    folder.GetFiles()
+    |> Array.map (fun i -> i.Name.Substring(0, i.Name.IndexOf '.'), int (File.ReadAllText i.FullName))
+    |> Array.groupBy fst
+    |> Array.map (fun (state, ds) -> state, ds |> Array.map snd |> List.ofArray)
+    |> List.ofArray
+    |> List.sortBy fst
 
 let private available =
     [
@@ -86,23 +100,18 @@ let private available =
                 Expect.isLessThanOrEqual states.Length 16 "inits bounded by the workers' slots per announcement"
 
                 // Each slot disposes its state when it sees the run's queue gone (after the run).
-                let files () =
-                    folder.GetFiles() |> Array.map (fun i -> i.Name) |> List.ofArray |> sorted
+                let disposed () = disposals folder |> List.map fst
 
-                if not (Threading.SpinWait.SpinUntil((fun () -> files () = states), hangGuard)) then
+                if not (Threading.SpinWait.SpinUntil((fun () -> disposed () = states), hangGuard)) then
                     failtestf
-                        "hang: not every state disposed within %O: states %A, files %A"
+                        "hang: not every state disposed within %O: states %A, disposed %A"
                         hangGuard
                         states
-                        (files ())
+                        (disposed ())
 
-                let lines =
-                    states
-                    |> List.map (fun s -> File.ReadAllLines(Path.Combine(folder.FullName, s)))
-
-                Expect.all lines (fun l -> l.Length = 1) "each state disposed exactly once"
-
-                Expect.equal (lines |> List.sumBy (fun l -> int l[0])) 200 "the states served every item between them"
+                let calls = disposals folder |> List.map snd
+                Expect.all calls (fun c -> c.Length = 1) "each state disposed exactly once"
+                Expect.equal (calls |> List.sumBy List.head) 200 "the states served every item between them"
             finally
                 folder.Delete true
 
@@ -128,16 +137,15 @@ let private available =
 
                 // A slot whose first batch held 7 tagged none of its items: it leaves no file. The
                 // others: one file each, once the slots see the run gone.
-                let files () = folder.GetFiles()
-
-                if not (Threading.SpinWait.SpinUntil((fun () -> files().Length >= 1), hangGuard)) then
+                if not (Threading.SpinWait.SpinUntil((fun () -> not (List.isEmpty (disposals folder))), hangGuard)) then
                     failtest "hang: no state disposed after the failed run"
 
-                Expect.all (files ()) (fun i -> File.ReadAllLines(i.FullName).Length = 1) "each disposed once"
+                let each = disposals folder
+                Expect.all each (fun (_, c) -> c.Length = 1) $"each disposed once: {each}"
 
                 // One worker host of two slots, serving each of the stage's 2 parent loops (each
                 // announces the stage).
-                Expect.isLessThanOrEqual (files().Length) 4 "at most one state per slot and announcement"
+                Expect.isLessThanOrEqual each.Length 4 "at most one state per slot and announcement"
             finally
                 folder.Delete true
 
