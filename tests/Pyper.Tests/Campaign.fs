@@ -49,10 +49,12 @@ let private processStates (case: Case) (calls: int[]) (limit: TimeSpan) =
     else
         let folder = stateFolder Environment.ProcessId
 
-        let names prefix =
+        // `i-NAME` per state made, `d-NAME.ID` per dispose.
+        let files prefix =
             IO.Directory.GetFiles(folder, prefix + "-*")
-            |> Array.map (fun f -> (IO.Path.GetFileName f).Substring 2)
-            |> Set.ofArray
+            |> Array.map (fun f -> (IO.Path.GetFileName f).Substring(2).Split('.')[0])
+
+        let names prefix = files prefix |> Set.ofArray
 
         SpinWait.SpinUntil((fun () -> names "d" = names "i"), limit) |> ignore
         let made, disposed = names "i", names "d"
@@ -65,9 +67,7 @@ let private processStates (case: Case) (calls: int[]) (limit: TimeSpan) =
             for n in disposed - made do
                 yield $"state {n} disposed, never made"
 
-            for n in disposed do
-                let times = IO.File.ReadAllText(IO.Path.Combine(folder, "d-" + n)).Length
-
+            for n, times in files "d" |> Array.countBy id do
                 if times <> 1 then
                     yield $"state {n} disposed {times} times"
 

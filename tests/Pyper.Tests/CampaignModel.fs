@@ -117,7 +117,7 @@ type CampaignState(name: string) =
     member val Disposed = false with get, set
 
 /// The folder where the states of this test process's worker processes leave their files:
-/// `i-NAME` when made, `d-NAME` (one `d` per dispose) when disposed. `parent` is the test
+/// `i-NAME` when made, `d-NAME.ID` (one file per dispose) when disposed. `parent` is the test
 /// process's id.
 let stateFolder (parent: int) =
     IO.Path.Combine(IO.Path.GetTempPath(), $"campaign-states-{parent}")
@@ -145,9 +145,16 @@ module StateRemote =
         else
             x * 3
 
+    /// One file per dispose, `d-NAME.ID`, written aside and moved in (never seen half written).
     let dispose (s: CampaignState) =
         s.Disposed <- true
-        IO.File.AppendAllText(IO.Path.Combine(folder (), $"d-{s.Name}"), "d")
+
+        let aside =
+            IO.Directory.CreateDirectory(IO.Path.Combine(folder (), ".aside")).FullName
+
+        let file = $"d-{s.Name}.{Guid.NewGuid():N}"
+        IO.File.WriteAllText(IO.Path.Combine(aside, file), "d")
+        IO.File.Move(IO.Path.Combine(aside, file), IO.Path.Combine(folder (), file))
 
 /// What the state stages of a case did in this process (threads and async workers): the states
 /// made per stage, the disposes per state, and any misuse seen.
