@@ -76,7 +76,7 @@ type private DeafSource() =
 
 /// Waits, with a hang guard, until every worker of every run (also a detached source) is gone.
 let private allWorkersGone () =
-    waitUntil "the run's threads and tasks end" (fun () -> Live.threadCount () = 0 && Live.taskCount () = 0)
+    waitUntil "the run's threads and tasks end" runWorkersGone
 
 /// Starts a run, takes one result and drops the enumerator without disposing it.
 [<MethodImpl(MethodImplOptions.NoInlining)>]
@@ -97,7 +97,7 @@ let private collectUntilGone () =
     waitUntil "the abandoned run ends" (fun () ->
         GC.Collect()
         GC.WaitForPendingFinalizers()
-        Live.threadCount () = 0 && Live.taskCount () = 0)
+        runWorkersGone ())
 
 /// The message of the exception a run raises.
 let private failureOf (run: unit -> int list) =

@@ -143,6 +143,13 @@ let private recordLeftovers () =
             left.Processes
             (Set.toList left.Pids)
 
+/// Whether every worker thread and async worker of every run has ended, apart from those a failed
+/// earlier test left behind (recorded as leftovers: a test is not blamed for them).
+let runWorkersGone () =
+    left.Threads <- min left.Threads (Live.threadCount ())
+    left.Tasks <- min left.Tasks (Live.taskCount ())
+    Live.threadCount () <= left.Threads && Live.taskCount () <= left.Tasks
+
 /// Runs a leak check; when it fails, what it found is recorded as leftovers before the failure
 /// goes on, so the next test is not blamed for it.
 let private blamingOnce (check: unit -> unit) =

@@ -25,6 +25,7 @@ let private all =
             ChannelTests.tests
             HardeningTests.tests
             ProcessHardeningTests.tests
+            ProcessExitTests.tests
             ProcessFailFastTests.tests
             DistributedTests.tests
             DistributedFaultTests.tests

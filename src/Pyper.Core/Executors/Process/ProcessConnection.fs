@@ -76,7 +76,7 @@ module internal ProcessConnection =
                 w.Close false
                 return! connect setup stage token
             | :? IOException ->
-                let! code = WorkerPool.exitCode w.Process
+                let! code = WorkerPool.exitCode w
                 w.Close false
                 return raise (WorkerPool.crash stage pid code)
             | e ->
@@ -292,7 +292,7 @@ module internal ProcessConnection =
 
             let crashed () : Task<exn> =
                 task {
-                    let! code = WorkerPool.exitCode proc
+                    let! code = WorkerPool.exitCode worker
                     return crashWith code :> exn
                 }
 

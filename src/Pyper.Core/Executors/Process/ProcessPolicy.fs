@@ -56,7 +56,7 @@ module internal ProcessPolicyWorker =
         let crashed (w: WorkerProcess) : Task<exn> =
             task {
                 let pid = w.Process.Id
-                let! code = WorkerPool.exitCode w.Process
+                let! code = WorkerPool.exitCode w
                 do! drop false
                 return WorkerPool.crash env.Name pid code :> exn
             }

@@ -8,16 +8,54 @@ open System.Runtime.ExceptionServices
 open System.Threading
 open System.Threading.Tasks
 
+/// A worker process's exit as a task, from one `Exited` handler added when the process starts.
+/// Nothing else subscribes to `Process.Exited`, and nothing calls `WaitForExitAsync`, which adds
+/// and removes a handler of its own on each call. The event's add and remove are not thread-safe:
+/// two waits at once (a crash's exit code while a stopped run closes the worker) could lose one
+/// wait's handler, and that wait never returned. A stopped run then hung.
+[<Sealed>]
+type internal ProcessExit(proc: Process, exited: unit -> unit) =
+    let ended = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+
+    do
+        // The handler runs under the Process's lock: what awaits `Task` continues elsewhere.
+        proc.add_Exited (
+            EventHandler(fun _ _ ->
+                try
+                    exited ()
+                finally
+                    ended.TrySetResult() |> ignore)
+        )
+
+        proc.EnableRaisingEvents <- true
+
+        if proc.HasExited then
+            ended.TrySetResult() |> ignore
+
+    /// Completes once the process has exited.
+    member _.Task: Task = ended.Task
+
+    /// Whether the process exits within `ms` milliseconds (awaited, no thread blocked).
+    member _.Within(ms: int) : Task<bool> =
+        task {
+            try
+                do! ended.Task.WaitAsync(TimeSpan.FromMilliseconds(float ms))
+                return true
+            with :? TimeoutException ->
+                return false
+        }
+
 /// A worker process and its connection. It serves one process-stage worker at a time; between
 /// runs it parks in `WorkerPool` (starting a .NET runtime costs about 100 ms of CPU here).
 [<Sealed; AllowNullLiteral>]
-type internal WorkerProcess(proc: Process, stream: NetworkStream) =
+type internal WorkerProcess(proc: Process, exit: ProcessExit, stream: NetworkStream) =
     [<VolatileField>]
     let mutable onExit: Action = null
 
     let mutable closed = 0
 
     member _.Process = proc
+    member _.Exit = exit
     member _.Stream = stream
 
     /// What to do if the process exits on its own: fail the stage it serves, or leave the pool.
@@ -53,39 +91,25 @@ type internal WorkerProcess(proc: Process, stream: NetworkStream) =
         if Interlocked.Exchange(&closed, 1) = 0 then
             onExit <- null
             stream.Dispose()
-            WorkerProcess.EndAsync(proc, wait)
+
+            task {
+                let! exited =
+                    if proc.HasExited then Task.FromResult true
+                    elif not wait then Task.FromResult false
+                    else exit.Within 2000
+
+                if not exited then
+                    try
+                        proc.Kill()
+                    with _ ->
+                        ()
+
+                    do! exit.Task
+
+                proc.Dispose()
+            }
         else
             Task.CompletedTask
-
-    /// Like `End`, awaiting the exit instead of blocking.
-    static member EndAsync(proc: Process, wait: bool) : Task =
-        task {
-            let! exited =
-                task {
-                    if proc.HasExited then
-                        return true
-                    elif not wait then
-                        return false
-                    else
-                        use timeout = new CancellationTokenSource(2000)
-
-                        try
-                            do! proc.WaitForExitAsync timeout.Token
-                            return true
-                        with :? OperationCanceledException ->
-                            return false
-                }
-
-            if not exited then
-                try
-                    proc.Kill()
-                with _ ->
-                    ()
-
-                do! proc.WaitForExitAsync()
-
-            proc.Dispose()
-        }
 
     /// Reaps a worker process (killing it unless it exits within 2 s, with `wait`, or at once).
     static member End(proc: Process, wait: bool) =
@@ -131,14 +155,16 @@ module internal WorkerPool =
 
     /// The exit code of a worker process that is going away (it gets a second to exit), or null;
     /// awaited, so that no thread blocks while it exits.
-    let exitCode (proc: Process) : Task<Nullable<int>> =
+    let exitCode (w: WorkerProcess) : Task<Nullable<int>> =
         task {
-            use timeout = new CancellationTokenSource(1000)
+            let! exited = w.Exit.Within 1000
 
-            try
-                do! proc.WaitForExitAsync timeout.Token
-                return Nullable proc.ExitCode
-            with :? OperationCanceledException ->
+            if exited then
+                try
+                    return Nullable w.Process.ExitCode
+                with _ ->
+                    return Nullable() // closed (disposed) meanwhile
+            else
                 return Nullable()
         }
 
@@ -152,16 +178,19 @@ module internal WorkerPool =
             listening listener.Address
             let proc = WorkerProcesses.start host listener.Address
             let mutable worker: WorkerProcess = null
-            proc.EnableRaisingEvents <- true
 
-            proc.Exited.Add(fun _ ->
-                match worker with
-                | null -> ()
-                | w -> w.Exited())
+            let exit =
+                ProcessExit(
+                    proc,
+                    fun () ->
+                        match worker with
+                        | null -> ()
+                        | w -> w.Exited()
+                )
 
             try
                 let accept = listener.AcceptFrom(proc.Id, token)
-                let exited = proc.WaitForExitAsync token
+                let exited = exit.Task.WaitAsync token
                 observe accept
                 observe exited
                 let! first = Task.WhenAny(accept, exited)
@@ -172,7 +201,7 @@ module internal WorkerPool =
 
                 // Its exit from here on goes to the OnExit the caller sets (which then checks
                 // HasExited, for an exit in between).
-                worker <- WorkerProcess(proc, new NetworkStream(accept.GetAwaiter().GetResult(), true))
+                worker <- WorkerProcess(proc, exit, new NetworkStream(accept.GetAwaiter().GetResult(), true))
                 return worker
             with e ->
                 WorkerProcess.End(proc, false)
