@@ -148,13 +148,7 @@ module StateRemote =
     /// One file per dispose, `d-NAME.ID`, written aside and moved in (never seen half written).
     let dispose (s: CampaignState) =
         s.Disposed <- true
-
-        let aside =
-            IO.Directory.CreateDirectory(IO.Path.Combine(folder (), ".aside")).FullName
-
-        let file = $"d-{s.Name}.{Guid.NewGuid():N}"
-        IO.File.WriteAllText(IO.Path.Combine(aside, file), "d")
-        IO.File.Move(IO.Path.Combine(aside, file), IO.Path.Combine(folder (), file))
+        writeWhole (folder ()) $"d-{s.Name}.{Guid.NewGuid():N}" "d"
 
 /// What the state stages of a case did in this process (threads and async workers): the states
 /// made per stage, the disposes per state, and any misuse seen.

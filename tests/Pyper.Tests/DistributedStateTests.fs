@@ -45,14 +45,10 @@ module StateRemote =
         p.Calls <- p.Calls + 1
         p.Pid, p.Number, x * 2
 
-    /// Writes the calls served to a new file named after the state, one per dispose: written aside,
-    /// then moved in, so a reader never sees it half written.
+    /// Writes the calls served to a new file named after the state, one per dispose (whole).
     let dispose (p: SlotProbe) =
         if not (isNull p.Folder) then
-            let aside = Directory.CreateDirectory(Path.Combine(p.Folder, ".aside")).FullName
-            let name = $"{p.Pid}-{p.Number}.{Guid.NewGuid():N}"
-            File.WriteAllText(Path.Combine(aside, name), string p.Calls)
-            File.Move(Path.Combine(aside, name), Path.Combine(p.Folder, name))
+            writeWhole p.Folder $"{p.Pid}-{p.Number}.{Guid.NewGuid():N}" (string p.Calls)
 
     let failingInit () : SlotProbe = invalidOp "no model here"
 

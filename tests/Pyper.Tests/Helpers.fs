@@ -143,12 +143,24 @@ let private recordLeftovers () =
             left.Processes
             (Set.toList left.Pids)
 
+/// Forgets the leftover worker threads and async workers that have ended since: they no longer
+/// excuse anything.
+let private forgetEndedWorkers () =
+    left.Threads <- min left.Threads (Live.threadCount ())
+    left.Tasks <- min left.Tasks (Live.taskCount ())
+
 /// Whether every worker thread and async worker of every run has ended, apart from those a failed
 /// earlier test left behind (recorded as leftovers: a test is not blamed for them).
 let runWorkersGone () =
-    left.Threads <- min left.Threads (Live.threadCount ())
-    left.Tasks <- min left.Tasks (Live.taskCount ())
+    forgetEndedWorkers ()
     Live.threadCount () <= left.Threads && Live.taskCount () <= left.Tasks
+
+/// Writes a file named `name` into `folder` whole: aside first, then moved in, so that a reader
+/// polling the folder never sees it half written.
+let writeWhole (folder: string) (name: string) (text: string) =
+    let aside = Directory.CreateDirectory(Path.Combine(folder, ".aside")).FullName
+    File.WriteAllText(Path.Combine(aside, name), text)
+    File.Move(Path.Combine(aside, name), Path.Combine(folder, name))
 
 /// Runs a leak check; when it fails, what it found is recorded as leftovers before the failure
 /// goes on, so the next test is not blamed for it.
@@ -172,8 +184,7 @@ let private newWorkerProcesses () =
 let assertNoLeaksKeepingProcesses () =
     blamingOnce (fun () ->
         // Leftovers that have ended since no longer excuse anything.
-        left.Threads <- min left.Threads (Live.threadCount ())
-        left.Tasks <- min left.Tasks (Live.taskCount ())
+        forgetEndedWorkers ()
         left.Processes <- min left.Processes (Live.processCount ())
         left.OsThreads <- Set.intersect left.OsThreads (busyOsThreads ())
         left.Pids <- Set.intersect left.Pids (Set.ofArray (workerProcesses Environment.ProcessId))
