@@ -67,15 +67,7 @@ module internal SlotStates =
         let fM, fT = load { f with Assembly = path }
 
         let disposeM, disposeT = if state.Length > 1 then load state[1] else null, null
-
-        let ps = fM.GetParameters()
-
-        let s, a, b =
-            if ps.Length = 1 then
-                let inner = fM.ReturnType.GetGenericArguments()
-                ps[0].ParameterType, inner[0], inner[1]
-            else
-                ps[0].ParameterType, ps[1].ParameterType, fM.ReturnType
+        let s, a, b = StateFunctions.types fM
 
         let make =
             typedefof<SlotState<_, _, _>>

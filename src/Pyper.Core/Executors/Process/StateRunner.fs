@@ -20,6 +20,17 @@ type internal IStateRunner =
 /// method of the state and the item) and `dispose` (null: none), made callable. Process stages
 /// (`StateRunner`) and distributed ones (their serving slots) share it.
 module internal StateFunctions =
+    /// The state, item and result types of a re-created `f`: an F# function value `'s -> 'a -> 'b`
+    /// (one parameter, returning `FSharpFunc<'a, 'b>`) or a method of the state and the item.
+    let types (fM: MethodInfo) =
+        let ps = fM.GetParameters()
+
+        if ps.Length = 1 then
+            let inner = fM.ReturnType.GetGenericArguments()
+            ps[0].ParameterType, inner[0], inner[1]
+        else
+            ps[0].ParameterType, ps[1].ParameterType, fM.ReturnType
+
     let ofMethods<'s, 'a, 'b>
         (initM: MethodInfo, initT: obj, fM: MethodInfo, fT: obj, disposeM: MethodInfo, disposeT: obj)
         : (unit -> 's) * ('s -> Func<'a, 'b>) * ('s -> unit) option =
@@ -163,14 +174,7 @@ module internal StateRunners =
         let initM, initT = load init
         let fM, fT = load f
         let disposeM, disposeT = load dispose
-        let ps = fM.GetParameters()
-
-        let s, a, b =
-            if ps.Length = 1 then
-                let inner = fM.ReturnType.GetGenericArguments()
-                ps[0].ParameterType, inner[0], inner[1]
-            else
-                ps[0].ParameterType, ps[1].ParameterType, fM.ReturnType
+        let s, a, b = StateFunctions.types fM
 
         typedefof<StateRunner<_, _, _>>
             .MakeGenericType(s, a, b)
