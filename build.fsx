@@ -37,14 +37,24 @@ let args =
     |> Array.filter ((<>) "--verbose")
     |> List.ofArray
 
-/// Runs a program in the repository, streaming its output; returns its exit code.
-let run (exe: string) (arguments: string list) (env: (string * string) list) =
+/// Runs a program in the repository, streaming its output, for at most `limit`; returns its exit
+/// code, or None when it ran out of time (it is killed, with its children).
+let runFor (limit: TimeSpan) (exe: string) (arguments: string list) (env: (string * string) list) =
     let psi = ProcessStartInfo(exe, WorkingDirectory = root, UseShellExecute = false)
     arguments |> List.iter psi.ArgumentList.Add
     env |> List.iter (fun (k, v) -> psi.Environment[k] <- v)
     use p = Process.Start psi
-    p.WaitForExit()
-    p.ExitCode
+
+    if p.WaitForExit limit then
+        Some p.ExitCode
+    else
+        p.Kill true
+        p.WaitForExit()
+        None
+
+/// Runs a program in the repository, streaming its output; returns its exit code.
+let run (exe: string) (arguments: string list) (env: (string * string) list) =
+    (runFor Threading.Timeout.InfiniteTimeSpan exe arguments env).Value
 
 /// Runs a program in `dir` and returns its exit code and everything it printed (stdout and
 /// stderr, interleaved as they came).
@@ -170,11 +180,20 @@ let failures = ResizeArray<string>()
 
 /// Runs one test program, which writes "passed failed" to the file named by PYPER_TEST_SUMMARY,
 /// then one line per failed test.
+/// A test program fails a test that hangs after 5 minutes and goes on; this bounds a program
+/// that hangs outside its tests, well within CI's budget.
 let testSuite (project: string) (extra: string list) =
     let summary = Path.GetTempFileName()
+    let limit = TimeSpan.FromMinutes 45.0
 
     let code =
-        run "dotnet" (runProject project extra) [ ("PYPER_TEST_SUMMARY", summary) ]
+        match runFor limit "dotnet" (runProject project extra) [ ("PYPER_TEST_SUMMARY", summary) ] with
+        | Some code -> code
+        | None ->
+            let line = $"{project}: the test program did not end within {limit}; it was killed"
+            eprintfn "build.fsx: %s" line
+            failures.Add line
+            1
 
     let lines = File.ReadAllLines summary
 

@@ -119,7 +119,7 @@ let private busyOsThreads () =
 
 /// Records what is alive now as left over by a failed test (parked threads and worker processes
 /// are retired first: they are no one's leftovers) and says so on stderr.
-let private recordLeftovers () =
+let recordLeftovers () =
     DedicatedThreads.retireIdle ()
     WorkerPool.retireIdle ()
     // Retired worker processes exit by themselves; what still serves a run stays (bounded wait).

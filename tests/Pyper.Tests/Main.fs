@@ -9,6 +9,7 @@ let private all =
     testList
         "Pyper"
         [
+            WatchdogTests.tests
             ValidationTests.tests
             Primitives.QueueTests.tests
             Primitives.OrderTests.tests
@@ -59,7 +60,7 @@ let private runTests (argv: string[]) =
                 CLIArguments.Append_Summary_Handler(SummaryHandler(fun s -> summary <- Some s))
             ]
             argv
-            all
+            (Watchdog.guard all)
 
     match summary with
     | Some s ->
