@@ -55,7 +55,7 @@ public static class Stage
     /// A <see cref="RateLimiter"/> each call (each attempt) takes one permit from first, and gives back when it has
     /// returned: it bounds the rate of calls, where <paramref name="workers"/> bounds how many run at once. One limiter
     /// may be shared by several stages. A worker waits in the limiter's queue, or, when it refuses with a retry-after
-    /// time, that long before asking again; a refusal without one fails the run. With <paramref name="multiprocess"/>, the permit is taken in this process before the item is sent.
+    /// time, that long before asking again; a refusal without one fails the run. The stage takes its items one at a time, so no finished result waits for another item's permit. With <paramref name="multiprocess"/>, the permit is taken in this process before the item is sent.
     /// </param>
     public static Pipeline<TIn, TOut> Map<TIn, TOut>(
         Func<TIn, TOut> f, int workers = 1, int capacity = DefaultCapacity, bool ordered = false, string? name = null, bool multiprocess = false, TimeSpan? timeout = null, ErrorPolicy? onError = null, FailureCounts? counts = null, RateLimiter? rateLimit = null) =>

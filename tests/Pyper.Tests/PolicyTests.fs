@@ -175,6 +175,22 @@ let private perForm form =
 
             Expect.equal counts.Skipped 42L "42 skipped")
 
+        for ordered in [ false; true ] do
+            leakTest (name $"a backoff does not hold the results made before it (ordered = {ordered})") (fun () ->
+                let failAt = 1500
+                let f = failing (fun x -> if x = failAt then 1 else 0)
+                // A backoff of at least 30 minutes: only the results made before it can arrive in
+                // time; taking them stops the run (which ends the backoff).
+                let policy = OnError.Retry(1, TimeSpan.FromHours 1.0, always, OnError.Fail)
+                // One worker unordered, two ordered: either way the results come in input order.
+                let p = stage form f (if ordered then 2 else 1) ordered policy (FailureCounts())
+
+                let before =
+                    withinGuard "the results before the backoff" (fun () ->
+                        Task.Run(fun () -> Pipeline.toSeqFrom [ 1..3000 ] p |> Seq.take (failAt - 1) |> List.ofSeq))
+
+                Expect.equal before [ for x in 1 .. failAt - 1 -> x * 10 ] "every result before the failing item")
+
         leakTest (name "cancellation ends a backoff wait at once") (fun () ->
             use failed = new ManualResetEventSlim(false)
 

@@ -75,6 +75,22 @@ let private stage form (f: int -> int) (limiter: RateLimiter) workers onError =
             name = "limited"
         )
 
+/// The next result of `results`, read with a hang guard.
+let private next (results: Collections.Generic.IEnumerator<int>) =
+    withinGuard "the next result" (fun () ->
+        Task.Run(fun () ->
+            Expect.isTrue (results.MoveNext()) "a result"
+            results.Current))
+
+/// The rest of `results`, read with a hang guard.
+let private rest (results: Collections.Generic.IEnumerator<int>) =
+    withinGuard "the other results" (fun () ->
+        Task.Run(fun () ->
+            [
+                while results.MoveNext() do
+                    yield results.Current
+            ]))
+
 let private perForm form =
     let name s = $"{form}: {s}"
 
@@ -93,21 +109,32 @@ let private perForm form =
             limiter.Grant 5
 
             for _ in 1..5 do
-                Expect.isTrue (results.MoveNext()) "a result"
+                next results |> ignore
 
             // Five permits: exactly five calls, whatever the three workers do meanwhile.
             Expect.equal (Volatile.Read &calls) 5 "one call per permit"
             limiter.Grant 15
-
-            let rest =
-                [
-                    while results.MoveNext() do
-                        yield results.Current
-                ]
-
-            Expect.equal rest.Length 15 "the other results"
+            Expect.equal (rest results).Length 15 "the other results"
             Expect.equal limiter.Taken 20 "one permit per item"
             Expect.equal limiter.Returned 20 "every permit given back")
+
+        leakTest (name "no result waits for another item's permit: each permit's result arrives") (fun () ->
+            let limiter = new Gated()
+            // Three workers, and permits granted one at a time as results are read: a worker that
+            // held a result while it waited for its next item's permit would stall the run.
+            use results =
+                (Pipeline.toSeqFrom [ 1..60 ] (stage form id limiter 3 None)).GetEnumerator()
+
+            let got =
+                [
+                    for _ in 1..60 do
+                        limiter.Grant 1
+                        next results
+                ]
+
+            Expect.equal (sorted got) [ 1..60 ] "one result per permit, each as it was granted"
+            Expect.isEmpty (rest results) "nothing more"
+            Expect.equal limiter.Returned 60 "every permit given back")
 
         leakTest (name "a retry takes a permit of its own") (fun () ->
             let limiter = new Gated()
@@ -217,25 +244,11 @@ let tests =
 
                 use results = (Pipeline.toSeqFrom [ 1..10 ] p).GetEnumerator()
                 limiter.Grant 3
-
-                let first =
-                    [
-                        for _ in 1..3 do
-                            Expect.isTrue (results.MoveNext()) "a result"
-                            results.Current
-                    ]
-
+                let first = [ for _ in 1..3 -> next results ]
                 waitUntil "both workers wait for a permit" (fun () -> limiter.Waiting = 2)
                 Expect.equal limiter.Taken 3 "three permits, three items"
                 limiter.Grant 7
-
-                let rest =
-                    [
-                        while results.MoveNext() do
-                            yield results.Current
-                    ]
-
-                Expect.equal (sorted (first @ rest)) [ for x in 1..10 -> x * 3 ] "every result"
+                Expect.equal (sorted (first @ rest results)) [ for x in 1..10 -> x * 3 ] "every result"
                 Expect.equal limiter.Returned 10 "every permit given back")
 
             testCase "a null limiter is refused" (fun () ->

@@ -30,7 +30,8 @@ open System.Threading.Tasks
 ///   worker goes on with a fresh one. A worker process that is late is killed and replaced.
 /// - `onError`: what to do with an item whose call failed (`OnError`: Fail, the default; Retry
 ///   with exponential backoff and jitter; Skip; DeadLetter). On worker processes a process that
-///   crashes on an item is that item's failure too (the next attempt gets a fresh process).
+///   crashes on an item is that item's failure too (the next attempt gets a fresh process). The
+///   results a worker made before a retry's backoff leave before it waits.
 /// - `counts`: a `FailureCounts` that counts retries, skipped and dead-lettered items, time-outs.
 /// - `rateLimit`: a `System.Threading.RateLimiting.RateLimiter`; each call (each attempt, retries
 ///   included) first takes one permit from it, and gives the permit back (`Dispose`) when the call
@@ -38,7 +39,8 @@ open System.Threading.Tasks
 ///   limiter may be shared by several stages (one external API's quota). A worker waits in the
 ///   limiter's queue, or, when the limiter refuses with a retry-after time (a token bucket without a
 ///   queue), that long before asking again; a refusal without one fails the run. Waits end at once
-///   when the run is cancelled or stopped; a permit wait is not part of the call's `timeout`.
+///   when the run is cancelled or stopped; a permit wait is not part of the call's `timeout`. A
+///   rate-limited stage takes its items one at a time, so no result waits for another's permit.
 [<AbstractClass; Sealed>]
 type Stage =
     /// A stage that calls a blocking function once per item, on dedicated threads, or, with

@@ -63,8 +63,16 @@ type internal Caller(name: string) =
 module internal Policies =
     open PolicyRules
 
-    /// A blocking map stage's loop under a policy. With a timeout, items are taken one at a time
-    /// (the batch's ticket is then the item's input position) and each call runs on a `Caller`.
+    /// A stage with a timeout (each call is timed on its own) or a rate limit (a worker that took
+    /// several items would hold the results it made while it waits for the next item's permit,
+    /// which may come only once they are read) takes its items one at a time.
+    let private oneAtATime (p: StagePolicy<'a>) =
+        p.Timeout.IsSome || not (isNull p.RateLimit)
+
+    /// A blocking map stage's loop under a policy. With a timeout or a rate limit, items are taken
+    /// one at a time (the batch's ticket is then the item's input position; a result is never
+    /// held while its worker waits for the next item's permit), and under a timeout each call runs
+    /// on a `Caller`. Before a retry's backoff, the batch's results so far leave (in their turn).
     let mapThread (p: StagePolicy<'a>) (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
         let input = Array.zeroCreate<'a> Tuning.MaxBatch
         let output = Array.zeroCreate<'b> Tuning.MaxBatch
@@ -104,7 +112,7 @@ module internal Policies =
             let mutable go = true
 
             while go do
-                let limit = if p.Timeout.IsSome then 1 else env.Sizer.Limit
+                let limit = if oneAtATime p then 1 else env.Sizer.Limit
                 let struct (n, ticket) = Wait.take env.Input input limit false
 
                 if n = 0 then
@@ -138,6 +146,16 @@ module internal Policies =
                             if not (isNull failure) then
                                 match next env.Ctx p x failure attempts with
                                 | ValueSome wait ->
+                                    if k > 0 then
+                                        // A backoff does not hold the results made before it.
+                                        if not (isNull env.Turnstile) then
+                                            Wait.turn env.Turnstile ticket
+
+                                        Wait.write env.Output output k
+                                        env.Probe.Out k
+                                        Buffers.clear output k
+                                        k <- 0
+
                                     if token.WaitHandle.WaitOne wait then
                                         raise (OperationCanceledException token)
                                 | ValueNone -> pending <- false
@@ -210,6 +228,7 @@ module internal Policies =
     /// items (one at a time when `single`: the batch's ticket is then the item's input position),
     /// calls `ready` before each attempt (outside the policy: a failure there ends the worker),
     /// then `call` with the item and its input position, and applies the policy to a failed call.
+    /// Before a retry's backoff, the batch's results so far leave (in their turn).
     let mapEach
         (p: StagePolicy<'a>)
         (single: bool)
@@ -267,7 +286,19 @@ module internal Policies =
 
                             if not (isNull failure) then
                                 match next env.Ctx p x failure attempts with
-                                | ValueSome wait -> do! Task.Delay(wait, token)
+                                | ValueSome wait ->
+                                    if k > 0 then
+                                        // A backoff does not hold the results made before it.
+                                        if not (isNull env.Turnstile) then
+                                            while not (isNull (env.Turnstile.WaitTurn(ticket, waiter.Arm()))) do
+                                                do! waiter.Wait
+
+                                        do! Wait.writeWith waiter env.Output output k
+                                        env.Probe.Out k
+                                        Buffers.clear output k
+                                        k <- 0
+
+                                    do! Task.Delay(wait, token)
                                 | ValueNone -> pending <- false
 
                         i <- i + 1
@@ -290,7 +321,8 @@ module internal Policies =
                     env.Input.Release n
         }
 
-    /// An async map stage's loop under a policy. With a timeout, items are taken one at a time.
+    /// An async map stage's loop under a policy. With a timeout or a rate limit, items are taken
+    /// one at a time.
     let mapPool (p: StagePolicy<'a>) (f: 'a -> CancellationToken -> ValueTask<'b>) (env: WorkerEnv<'a, 'b>) : Task =
         let token = env.Ctx.Token
 
@@ -299,4 +331,4 @@ module internal Policies =
             | None -> (f x token).AsTask()
             | Some t -> callWithin env p t f x position
 
-        mapEach p p.Timeout.IsSome (fun () -> Task.CompletedTask) call env
+        mapEach p (oneAtATime p) (fun () -> Task.CompletedTask) call env
