@@ -92,6 +92,26 @@ let private abandonAsync (source: CountingSource) =
     let e = (Pipeline.streamFromSeq source.Items stages).GetAsyncEnumerator()
     Expect.isTrue (e.MoveNextAsync().AsTask().Wait hangGuard && e.Current > 0) "one result"
 
+/// `abandonAsync` with a function that registers, on its first call, a callback on the run's
+/// token that sets `entered` and blocks until `gate` is set.
+[<MethodImpl(MethodImplOptions.NoInlining)>]
+let private abandonWithBlockingCallback
+    (entered: ManualResetEventSlim)
+    (gate: ManualResetEventSlim)
+    (source: CountingSource)
+    =
+    let f (x: int) (token: CancellationToken) =
+        if x = 1 then
+            token.Register(fun () ->
+                entered.Set()
+                gate.Wait())
+            |> ignore
+
+        Task.FromResult x
+
+    let e = (Pipeline.streamFromSeq source.Items (Stage.mapTask f)).GetAsyncEnumerator()
+    Expect.isTrue (e.MoveNextAsync().AsTask().Wait hangGuard && e.Current > 0) "one result"
+
 /// Collects garbage until no worker of any run is left (the abandoned run's safety net).
 let private collectUntilGone () =
     waitUntil "the abandoned run ends" (fun () ->
@@ -274,6 +294,25 @@ let tests =
             leakTest "an abandoned async enumerator ends its run when collected" (fun () ->
                 let source = CountingSource()
                 abandonAsync source
+                collectUntilGone ())
+
+            leakTest "an abandoned run's stop does not hold up the finalizer thread" (fun () ->
+                let source = CountingSource()
+                use entered = new ManualResetEventSlim(false)
+                use gate = new ManualResetEventSlim(false)
+
+                try
+                    abandonWithBlockingCallback entered gate source
+                    // The enumerator is collected, its run cancelled: the user's callback runs, and blocks.
+                    waitUntil "the abandoned run's token to be cancelled" (fun () ->
+                        GC.Collect()
+                        entered.IsSet)
+
+                    let finalizers = Task.Run(fun () -> GC.WaitForPendingFinalizers())
+                    Expect.isTrue (finalizers.Wait hangGuard) "other finalizers run while the callback blocks"
+                finally
+                    gate.Set()
+
                 collectUntilGone ())
 
             // 12

@@ -232,12 +232,19 @@ type internal Run<'a, 'b>(pipeline: Pipeline<'a, 'b>, source: RunContext -> Batc
 
     /// The safety net for an enumerator that is dropped without being disposed: once it is
     /// collected, its run is cancelled, so its workers stop (nothing of the run refers to this
-    /// object, except a pending MoveNextAsync's wait).
+    /// object, except a pending MoveNextAsync's wait). The stop runs on the thread pool:
+    /// cancelling runs the token's callbacks, a user's among them, which must not hold up the
+    /// process's one finalizer thread.
     override this.Finalize() =
-        try
-            this.Stop() |> ignore
-        with _ ->
-            ()
+        ThreadPool.UnsafeQueueUserWorkItem(
+            (fun _ ->
+                try
+                    this.Stop() |> ignore
+                with _ ->
+                    ()),
+            null
+        )
+        |> ignore
 
     interface IWaiter with
         /// The wait of a pending MoveNextAsync is over: take the batch (or see the end).
