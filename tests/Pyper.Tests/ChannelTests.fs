@@ -191,7 +191,7 @@ let tests =
 
                 try
                     use dead = Process.Start("true")
-                    dead.WaitForExit()
+                    Expect.isTrue (dead.WaitForExit hangGuard) "true has exited"
 
                     let stale =
                         Directory.CreateDirectory(Path.Combine(folder, $"pyper-{dead.Id}-0123")).FullName

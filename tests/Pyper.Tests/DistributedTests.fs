@@ -118,8 +118,8 @@ type NatsFixture(?user: string * string) =
     /// Stops the server (SIGKILL) and checks that it is gone.
     member _.Kill() =
         proc.Kill true
-        proc.WaitForExit()
-        Expect.isTrue proc.HasExited "nats-server is gone"
+        // Bounded: a wait without one also waits for the output pipes to close.
+        Expect.isTrue (proc.WaitForExit hangGuard) "nats-server is gone"
         proc.Dispose()
 
     /// Starts it again on the same port and storage (after `Kill`).
@@ -247,8 +247,8 @@ type WorkerHostProcess(fixture: NatsFixture, ?extra: string list) =
         if not proc.HasExited then
             proc.Kill true
 
-        proc.WaitForExit()
-        Expect.isTrue proc.HasExited "the worker host is gone"
+        // Bounded: a wait without one also waits for the stderr pipe to close.
+        Expect.isTrue (proc.WaitForExit hangGuard) "the worker host is gone"
 
     interface IDisposable with
         member this.Dispose() = this.Kill()

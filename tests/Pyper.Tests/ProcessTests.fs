@@ -314,11 +314,15 @@ let tests =
                     Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), $"killed-{Guid.NewGuid():N}")).FullName
 
                 use parent = startProbe [] tmp
-                Expect.equal (parent.StandardOutput.ReadLine()) "started" "the probe started"
+
+                let said =
+                    withinGuard "the probe to start" (fun () -> parent.StandardOutput.ReadLineAsync())
+
+                Expect.equal said "started" "the probe started"
                 waitUntil "the probe's two workers" (fun () -> (workerProcesses parent.Id).Length = 2)
                 let workers = workerProcesses parent.Id
                 parent.Kill()
-                parent.WaitForExit()
+                Expect.isTrue (parent.WaitForExit hangGuard) "the probe is gone"
                 let clock = Stopwatch.StartNew()
                 waitUntil "the orphaned workers to exit" (fun () -> Array.isEmpty (alive workers))
                 Expect.isLessThan clock.Elapsed orphanBound "on their own, soon"
@@ -342,7 +346,7 @@ let tests =
                     let workers = workerProcesses parent.Id
                     Expect.equal workers.Length 2 "the probe's two worker processes"
                     parent.Kill()
-                    parent.WaitForExit()
+                    Expect.isTrue (parent.WaitForExit hangGuard) "the probe is gone"
                     waitUntil "the orphaned workers to exit" (fun () -> Array.isEmpty (alive workers))
 
                     // Each state's dispose (0.8 s) ran before its worker process exited.
@@ -351,7 +355,7 @@ let tests =
                 finally
                     if not parent.HasExited then
                         parent.Kill()
-                        parent.WaitForExit()
+                        parent.WaitForExit hangGuard |> ignore
 
                     Directory.Delete(dir, true))
         ]

@@ -64,12 +64,13 @@ let stacks () : string =
 
 /// Reports a test that outran its limit on `log` and fails it.
 let private overrun (log: TextWriter) (name: string) (limit: TimeSpan) =
-    // What the abandoned test leaves alive must not fail the tests after it.
-    Helpers.recordLeftovers ()
     log.WriteLine $"watchdog: test '{name}' still runs after {limit}; the managed stacks of this process:"
+    log.Flush()
     log.WriteLine(stacks ())
     log.WriteLine $"watchdog: test '{name}' is abandoned (its stacks are above); the suite goes on"
     log.Flush()
+    // What the abandoned test leaves alive must not fail the tests after it.
+    Helpers.recordLeftovers ()
     failtestf "hang: the test did not finish within %O (the stacks of this process are printed above)" limit
 
 /// Waits for the test's task; its own exception comes through unchanged.
