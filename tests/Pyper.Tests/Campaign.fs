@@ -159,6 +159,8 @@ let runWith
     let finished = (attempt :> Task).Wait limit
 
     if not finished then
+        // The hung run's blocked source, if any, may end (its event is not disposed under it).
+        release.Set()
         Hung
     else
         let verdict =
