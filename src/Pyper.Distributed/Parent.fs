@@ -26,6 +26,8 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
     let mutable fault: exn = null
     let loops = ResizeArray<Task>()
     let mutable results: INatsSub<byte[]> = null
+    /// The announcement's sequence in the stages stream (0 until it is published).
+    let mutable announcement = 0UL
 
     member private this.Gone(e: exn) =
         this.Fault(
@@ -213,6 +215,9 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
                 ()
         }
 
+    /// The stage's announcement was stored at `seq` in the stages stream.
+    member _.Announced(seq: uint64) = announcement <- seq
+
     member this.StartLoops(sub: INatsSub<byte[]>) =
         results <- sub
         loops.Add(Task.Run(fun () -> this.ResultsLoop sub))
@@ -220,7 +225,7 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
         loops.Add(Task.Run(fun () -> this.HealthLoop()))
 
     /// Stops the loops, deletes the run's consumer, purges its work subject (batches an early stop
-    /// left) and its announcement, gives the shared connection back. A worker still running a batch of the
+    /// left), deletes its announcement, gives the shared connection back. A worker still running a batch of the
     /// run then finds no one taking its result and drops it: nothing of the run stays on the server.
     member _.DisposeAsync() : Task =
         task {
@@ -229,14 +234,21 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
             // At once: each is a round trip.
             do!
                 Task.WhenAll(
-                    Protocol.bestEffort 3.0 (fun ct ->
-                        js
-                            .PurgeStreamAsync(
-                                Protocol.StagesStream,
-                                StreamPurgeRequest(Filter = Protocol.stageSubject id),
-                                ct
-                            )
-                            .AsTask()),
+                    // By its sequence, not a purge filtered by subject: nats-server before 2.9.15
+                    // moves every consumer of the stream past such a purge, so a worker host
+                    // that had not read another run's announcement yet would never serve it.
+                    (if announcement = 0UL then
+                         Task.CompletedTask
+                     else
+                         Protocol.bestEffort 3.0 (fun ct ->
+                             js
+                                 .DeleteMessageAsync(
+                                     Protocol.StagesStream,
+                                     StreamMsgDeleteRequest(Seq = announcement, NoErase = true),
+                                     ct
+                                 )
+                                 .AsTask()
+                             :> Task)),
                     Protocol.bestEffort 3.0 (fun ct ->
                         js.DeleteConsumerAsync(Protocol.WorkStream, Protocol.workConsumer id, ct).AsTask()),
                     Protocol.bestEffort 3.0 (fun ct ->
@@ -348,6 +360,7 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
                         State = state
                     }
 
+                // The stream keeps one message per subject: a repeat replaces the first.
                 let announce () : Task =
                     task {
                         let! ack =
@@ -358,6 +371,7 @@ type internal RemoteStage(shared: SharedConnection, js: NatsJSContext, id: strin
                             )
 
                         ack.EnsureSuccess()
+                        remote.Announced ack.Seq
                     }
 
                 try

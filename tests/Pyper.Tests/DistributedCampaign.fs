@@ -60,9 +60,9 @@ let caseGen =
             }
     }
 
-/// Runs `cases` cases from `seed` against one server and two worker hosts; a killed worker is
-/// replaced before the next case.
-let campaign (seed: uint64) (cases: int) (limit: TimeSpan) (failFast: bool) (log: string -> unit) =
+/// Runs `samples` against one server and two worker hosts; a killed worker is replaced before
+/// the next case.
+let private campaignOn (samples: Case seq) (limit: TimeSpan) (failFast: bool) (log: string -> unit) =
     use fixture = new NatsFixture()
     // A killed worker's batch goes to the other after AckWait.
     let server = fixture.Server.WithAckWait(TimeSpan.FromSeconds 1.0)
@@ -90,10 +90,32 @@ let campaign (seed: uint64) (cases: int) (limit: TimeSpan) (failFast: bool) (log
         | outcome -> outcome
 
     try
-        campaignOf (Gen.sampleWithSeed (Rnd seed) 50 cases caseGen) runOne failFast log
+        campaignOf samples runOne failFast log
     finally
         for w in workers do
             (w :> IDisposable).Dispose()
+
+/// Runs `cases` cases from `seed`; see `campaignOn`.
+let campaign (seed: uint64) (cases: int) (limit: TimeSpan) (failFast: bool) (log: string -> unit) =
+    campaignOn (Gen.sampleWithSeed (Rnd seed) 50 cases caseGen) limit failFast log
+
+/// `build.fsx soak`'s case `index` (from 1), run `times` times, stopping at the first bad outcome:
+/// a rare hang's replay. Returns the exit code.
+let replay (index: int) (times: int) =
+    let case = Gen.sampleWithSeed (Rnd 1UL) 50 index caseGen |> Seq.last
+
+    let tally =
+        campaignOn (Seq.replicate times case) (TimeSpan.FromSeconds 60.0) true (printfn "%s")
+
+    printfn
+        "replay of case %d: %d runs, %d hangs, %d leaks, %d wrong"
+        index
+        tally.Cases
+        tally.Hangs
+        tally.Leaks
+        tally.Wrong
+
+    if tally.Hangs + tally.Leaks + tally.Wrong = 0 then 0 else 1
 
 let tests =
     match natsServerPath with

@@ -13,6 +13,7 @@ open System.Threading.Tasks
 open Expecto
 open NATS.Client.Core
 open NATS.Client.JetStream
+open NATS.Client.JetStream.Models
 open Pyper
 open Pyper.FSharp
 open Pyper.Distributed
@@ -301,6 +302,73 @@ let private available =
             Expect.isTrue (e :? InvalidOperationException) $"InvalidOperationException, got {e}"
             Expect.equal e.Message "seven" "message"
             Expect.equal (PipelineError.stage e) (Some "picky") "stage")
+
+        distributedTest "a run's end does not hide another run's announcement from a worker host yet to read it" 0
+        <| fun f _ ->
+            // A worker host's view of the announcements: a consumer of the whole stages stream that
+            // has read nothing yet (a host that joined, or has not caught up).
+            let conn =
+                withinGuard "a reader of the announcements" (fun () ->
+                    task {
+                        let! conn = Protocol.connect f.Server "test"
+                        let js = NatsJSContext(conn)
+                        do! Protocol.ensureStagesStream js CancellationToken.None
+
+                        let! _ =
+                            js.CreateOrUpdateConsumerAsync(
+                                Protocol.StagesStream,
+                                ConsumerConfig("reader", AckPolicy = ConsumerConfigAckPolicy.Explicit)
+                            )
+
+                        return conn
+                    })
+
+            let js = NatsJSContext(conn)
+
+            // A run that waits for a worker (none serves): its stage is announced.
+            let start (name: string) =
+                let cts = new CancellationTokenSource()
+                let p = Stage.distributed (Remote.square, f.Server, name = name)
+                let e = (Pipeline.streamFromSeq [ 1 ] p).GetAsyncEnumerator cts.Token
+                let moving = e.MoveNextAsync().AsTask()
+
+                fun () ->
+                    withinGuard $"the end of run '{name}'" (fun () ->
+                        task {
+                            cts.Cancel()
+                            do! (moving :> Task).ContinueWith(fun (_: Task) -> ())
+                            do! e.DisposeAsync()
+                            cts.Dispose()
+                        })
+
+            let endFirst = start "first"
+            let endSecond = start "second"
+            waitUntil "both stages announced" (fun () -> snd (f.Leftovers()) = 2L)
+            endFirst ()
+
+            let read =
+                withinGuard "reading the announcements" (fun () ->
+                    task {
+                        let! reader = js.GetConsumerAsync(Protocol.StagesStream, "reader")
+
+                        let! next =
+                            reader.NextAsync<byte[]>(opts = NatsJSNextOpts(Expires = TimeSpan.FromSeconds 2.0))
+
+                        return
+                            if isNull (box next) then
+                                None
+                            else
+                                Some (Protocol.decode next.Data).Stage
+                    })
+
+            Expect.equal read (Some "second") "the second run's announcement is still there to read"
+            endSecond ()
+
+            withinGuard "the reader's end" (fun () ->
+                task {
+                    let! _ = js.DeleteConsumerAsync(Protocol.StagesStream, "reader")
+                    do! conn.DisposeAsync()
+                })
 
         distributedTest "an early stop and a cancellation end the run and delete its streams" 1 (fun f _ ->
             let source = CountingSource()

@@ -103,5 +103,6 @@ let main argv =
         let distributed = DistributedCampaign.soak (max 20 (int cases / 50))
         max local distributed
     | [| "--soak-distributed"; cases |] -> DistributedCampaign.soak (int cases)
+    | [| "--replay-distributed"; index; times |] -> DistributedCampaign.replay (int index) (int times)
     | [| "--progress-demo" |] -> ProgressTests.demo ()
     | _ -> runTests argv
