@@ -182,8 +182,9 @@ let private perForm form =
                 // A backoff of at least 30 minutes: only the results made before it can arrive in
                 // time; taking them stops the run (which ends the backoff).
                 let policy = OnError.Retry(1, TimeSpan.FromHours 1.0, always, OnError.Fail)
-                // One worker unordered, two ordered: either way the results come in input order.
-                let p = stage form f (if ordered then 2 else 1) ordered policy (FailureCounts())
+                // One worker: its results come in input order, and an ordered stage's batch always
+                // has its turn (with more workers it has when the batches before it have left).
+                let p = stage form f 1 ordered policy (FailureCounts())
 
                 let before =
                     withinGuard "the results before the backoff" (fun () ->

@@ -31,7 +31,8 @@ open System.Threading.Tasks
 /// - `onError`: what to do with an item whose call failed (`OnError`: Fail, the default; Retry
 ///   with exponential backoff and jitter; Skip; DeadLetter). On worker processes a process that
 ///   crashes on an item is that item's failure too (the next attempt gets a fresh process). The
-///   results a worker made before a retry's backoff leave before it waits.
+///   results a worker made before a retry's backoff leave before it waits (in an ordered stage,
+///   when it is already their turn).
 /// - `counts`: a `FailureCounts` that counts retries, skipped and dead-lettered items, time-outs.
 /// - `rateLimit`: a `System.Threading.RateLimiting.RateLimiter`; each call (each attempt, retries
 ///   included) first takes one permit from it, and gives the permit back (`Dispose`) when the call

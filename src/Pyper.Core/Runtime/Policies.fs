@@ -69,10 +69,16 @@ module internal Policies =
     let private oneAtATime (p: StagePolicy<'a>) =
         p.Timeout.IsSome || not (isNull p.RateLimit)
 
+    /// True when the batch `ticket` may write now: always in an unordered stage; in an ordered
+    /// one, when the batches before it have left (a poll: a worker about to wait out a backoff
+    /// does not also wait for its turn, which would put its backoff after the others').
+    let private isTurn (env: WorkerEnv<'a, 'b>) (ticket: int64) =
+        isNull env.Turnstile || env.Turnstile.IsTurn ticket
+
     /// A blocking map stage's loop under a policy. With a timeout or a rate limit, items are taken
     /// one at a time (the batch's ticket is then the item's input position; a result is never
     /// held while its worker waits for the next item's permit), and under a timeout each call runs
-    /// on a `Caller`. Before a retry's backoff, the batch's results so far leave (in their turn).
+    /// on a `Caller`. Before a retry's backoff, the batch's results so far leave (when it is their turn).
     let mapThread (p: StagePolicy<'a>) (f: 'a -> 'b) (env: WorkerEnv<'a, 'b>) =
         let input = Array.zeroCreate<'a> Tuning.MaxBatch
         let output = Array.zeroCreate<'b> Tuning.MaxBatch
@@ -146,11 +152,8 @@ module internal Policies =
                             if not (isNull failure) then
                                 match next env.Ctx p x failure attempts with
                                 | ValueSome wait ->
-                                    if k > 0 then
+                                    if k > 0 && isTurn env ticket then
                                         // A backoff does not hold the results made before it.
-                                        if not (isNull env.Turnstile) then
-                                            Wait.turn env.Turnstile ticket
-
                                         Wait.write env.Output output k
                                         env.Probe.Out k
                                         Buffers.clear output k
@@ -228,7 +231,7 @@ module internal Policies =
     /// items (one at a time when `single`: the batch's ticket is then the item's input position),
     /// calls `ready` before each attempt (outside the policy: a failure there ends the worker),
     /// then `call` with the item and its input position, and applies the policy to a failed call.
-    /// Before a retry's backoff, the batch's results so far leave (in their turn).
+    /// Before a retry's backoff, the batch's results so far leave (when it is their turn).
     let mapEach
         (p: StagePolicy<'a>)
         (single: bool)
@@ -287,12 +290,8 @@ module internal Policies =
                             if not (isNull failure) then
                                 match next env.Ctx p x failure attempts with
                                 | ValueSome wait ->
-                                    if k > 0 then
+                                    if k > 0 && isTurn env ticket then
                                         // A backoff does not hold the results made before it.
-                                        if not (isNull env.Turnstile) then
-                                            while not (isNull (env.Turnstile.WaitTurn(ticket, waiter.Arm()))) do
-                                                do! waiter.Wait
-
                                         do! Wait.writeWith waiter env.Output output k
                                         env.Probe.Out k
                                         Buffers.clear output k
