@@ -21,7 +21,7 @@ open Pyper.Tests.DistributedTests
 let private within (seconds: float) (what: string) (work: unit -> 'T) : 'T =
     let t = Task.Run<'T>(fun () -> work ())
 
-    if not ((t :> Task).ContinueWith(ignore).Wait(TimeSpan.FromSeconds seconds)) then
+    if not (endsWithin (TimeSpan.FromSeconds seconds) t) then
         failtestf "hang: %s did not end within %.0f s" what seconds
 
     t.GetAwaiter().GetResult()

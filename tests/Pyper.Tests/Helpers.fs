@@ -13,14 +13,16 @@ open Pyper.FSharp
 /// How long any single wait in a test may take before it counts as a hang.
 let hangGuard = TimeSpan.FromSeconds 60.0
 
+/// True when `t` ends within `limit`, whatever its outcome: only its end is waited for, so its
+/// exception is not thrown here (the caller takes the outcome, and the original exception, from
+/// `GetAwaiter().GetResult()`).
+let endsWithin (limit: TimeSpan) (t: Task) = t.ContinueWith(ignore).Wait limit
+
 /// Runs `work`, failing the test if it does not finish within the hang guard.
 let withinGuard (what: string) (work: unit -> Task<'T>) : 'T =
     let t = Task.Run<'T>(Func<Task<'T>> work)
 
-    // Wait only for completion; the outcome (and the original exception) comes from GetResult.
-    let finished = (t :> Task).ContinueWith(ignore).Wait hangGuard
-
-    if not finished then
+    if not (endsWithin hangGuard t) then
         failtestf "hang: %s did not finish within %O" what hangGuard
 
     t.GetAwaiter().GetResult()

@@ -46,7 +46,7 @@ let private failsWhileAnotherWorkerIsBlocked (failing: Pipeline<int, int>) (chec
 
         // Before, the consumer raised only once every worker had ended: here, never before the
         // test releases the held one (the hang guard ran out).
-        let arrived = (moving :> Task).ContinueWith(ignore).Wait hangGuard
+        let arrived = endsWithin hangGuard moving
 
         Expect.isTrue arrived "the failure reaches the consumer while a worker of another stage is still blocked"
 

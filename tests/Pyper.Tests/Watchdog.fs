@@ -75,7 +75,7 @@ let private overrun (log: TextWriter) (name: string) (limit: TimeSpan) =
 
 /// Waits for the test's task; its own exception comes through unchanged.
 let private await (log: TextWriter) (name: string) (limit: TimeSpan) (t: Task) =
-    if not (t.ContinueWith(ignore).Wait limit) then
+    if not (Helpers.endsWithin limit t) then
         overrun log name limit
 
     t.GetAwaiter().GetResult()
